@@ -1,0 +1,79 @@
+"""Repository hygiene: dependencies agree, the toc lists what exists, notebooks are committed clean."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    ours = set(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        ours |= {r for r in extra if not r.startswith("xai-robust")}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    conda = {r for r in pip if not r.startswith("-e")}
+    assert {r.replace(" ", "") for r in ours} == {r.replace(" ", "") for r in conda}
+
+
+def test_constraints_pin_known_good_torch_pair_and_jupyter_book():
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().split()
+                if "==" in line and not line.startswith("#"))
+    pins = {k.lower(): v for k, v in pins.items()}
+    assert pins["torch"].startswith("2.14.0") and pins["torchvision"].startswith("0.29.2")
+    assert pins["jupyter-book"].startswith("1.")
+
+
+def _toc_files(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("file", "root"):
+                yield value
+            else:
+                yield from _toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _toc_files(item)
+
+
+def test_toc_lists_existing_files_and_every_chapter():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = list(_toc_files(toc))
+    for f in files:
+        assert list(ROOT.glob(f + ".*")), f"_toc.yml lists {f}, which does not exist"
+    for nb in NOTEBOOKS:
+        assert f"notebooks/{nb.stem}" in files, f"{nb.name} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_committed_clean_with_parameters_cell(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
+        f"{path.name} is committed with outputs"
+    params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1, f"{path.name} needs exactly one code cell tagged 'parameters'"
+    assert params[0] is code[1], "the parameters cell must follow the Colab cell"
+    assert 'profile = "ci"' in "".join(params[0]["source"])
+    assert "google.colab" in "".join(code[0]["source"])
+    assert "save_results" in "".join(code[-1]["source"]), "the last cell must write the results JSON"
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()
+    bib = (ROOT / "book" / "references.bib").read_text()
+    for key in ("bassi2024faster", "chakraborty2024exmap", "hakemi2025fictitious", "gong2024superpixel",
+                "boubekki2024nas", "kirichenko2023dfr", "sohoni2020george", "liu2021jtt", "bach2015lrp",
+                "anders2021zennit", "kokhlikyan2020captum"):
+        assert "{" + key + "," in bib

@@ -1,0 +1,97 @@
+"""Execute the chapter notebooks with papermill and build the book from their executed copies.
+
+``python tools/book.py execute``  runs every notebook in notebooks/ (profile ``ci``) into _build/executed/,
+                                  printing each chapter's wall time; fails if any chapter fails.
+``python tools/book.py build [-W]`` stages _config.yml, _toc.yml, book/ and the executed notebooks in
+                                  _build/site/ (same relative paths as the repository, so Colab links point at
+                                  the committed notebooks) and runs jupyter-book into _build/html.
+Committed notebooks are never written to, so `git status` stays clean.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "_build"
+EXECUTED = BUILD / "executed" / "notebooks"
+SITE = BUILD / "site"
+
+
+def notebooks(selected=None):
+    found = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if selected:
+        found = [p for p in found if any(s in p.stem for s in selected)]
+    return found
+
+
+def execute(selected=None, budget=300.0, kernel="python3"):
+    import papermill
+
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    times, failed = {}, []
+    for nb in notebooks(selected):
+        start = time.time()
+        print(f"[book] executing {nb.name} ...", flush=True)
+        try:
+            papermill.execute_notebook(str(nb), str(EXECUTED / nb.name), kernel_name=kernel,
+                                       parameters={"profile": "ci"}, cwd=str(nb.parent), progress_bar=False,
+                                       log_output=False)
+        except Exception as exc:  # report every failing chapter, then fail
+            failed.append(nb.name)
+            print(f"[book] FAILED {nb.name}: {type(exc).__name__}: {str(exc)[-3000:]}", flush=True)
+        times[nb.name] = time.time() - start
+        print(f"[book] {nb.name}: {times[nb.name]:.0f} s", flush=True)
+    print("[book] chapter wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+    slow = [k for k, v in times.items() if v > budget]
+    if slow:
+        print(f"[book] WARNING: over the {budget:.0f} s budget: {slow}")
+    if failed:
+        sys.exit(f"[book] {len(failed)} chapter(s) failed: {failed}")
+
+
+def stage():
+    if SITE.exists():
+        shutil.rmtree(SITE)
+    SITE.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, SITE / name)
+    shutil.copytree(ROOT / "book", SITE / "book")
+    (SITE / "notebooks").mkdir()
+    for nb in notebooks():
+        executed = EXECUTED / nb.name
+        if not executed.exists():
+            sys.exit(f"[book] {executed} is missing: run `python tools/book.py execute` first")
+        shutil.copy2(executed, SITE / "notebooks" / nb.name)
+
+
+def build(strict=False):
+    stage()
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(SITE), "--path-output", str(ROOT)]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    print("[book]", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    index = BUILD / "html" / "index.html"
+    if not index.exists():
+        sys.exit(f"[book] {index} was not produced")
+    print(f"[book] built {index}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("execute")
+    ex.add_argument("only", nargs="*", help="substrings of notebook names to run (default: all)")
+    ex.add_argument("--budget", type=float, default=300.0)
+    bd = sub.add_parser("build")
+    bd.add_argument("-W", dest="strict", action="store_true", help="warnings are errors")
+    args = parser.parse_args()
+    if args.command == "execute":
+        execute(args.only, args.budget)
+    else:
+        build(args.strict)

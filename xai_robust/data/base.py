@@ -1,0 +1,209 @@
+"""The one sample type every dataset yields, and the dataset cache.
+
+Every dataset in the book is a :class:`SampleDataset`: images (N,C,H,W) in [0,1], class labels, group ids
+(class × spurious attribute), and optionally foreground masks and the spurious attribute itself.
+Indexing gives the sample dict ``{"image", "label", "group", "mask"?, "spurious"?, "index"}`` (DESIGN.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .. import cache_dir
+
+__all__ = ["SampleDataset", "LazyImages", "cached", "config_hash"]
+
+CACHE_VERSION = 1
+
+
+def config_hash(config: dict) -> str:
+    """Stable short hash of a JSON-serialisable configuration."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _digest(tensors: dict) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key]
+        h.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            h.update(value.contiguous().cpu().numpy().tobytes())
+        else:
+            h.update(json.dumps(value, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def cached(kind: str, config: dict, make: Callable[[], dict]) -> dict:
+    """Return ``make()``'s dict of tensors, cached under ``cache_dir()/kind/<hash of config>.pt``.
+
+    Writes are atomic (temporary file, then rename) and verified on load with a SHA-256 digest of the
+    content; a corrupt or stale file is rebuilt.
+    """
+    folder = cache_dir() / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{config_hash({**config, '_version': CACHE_VERSION})}.pt"
+    if path.exists():
+        try:
+            payload = torch.load(path, weights_only=False)
+            if payload.get("digest") == _digest(payload["tensors"]):
+                return payload["tensors"]
+        except Exception:  # corrupt file: rebuild below
+            pass
+    tensors = make()
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"tensors": tensors, "digest": _digest(tensors), "config": config}, tmp)
+    os.replace(tmp, path)
+    return tensors
+
+
+class LazyImages:
+    """Images read from files on demand, indexable like a tensor (for the real datasets).
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        Image files.
+    size : int
+        Images are resized (shorter side, then centre crop) to ``size × size``.
+    """
+
+    def __init__(self, paths: Sequence[Path], size: int):
+        self.paths = list(paths)
+        self.size = int(size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self):
+        return (len(self.paths), 3, self.size, self.size)
+
+    def _load(self, i: int) -> torch.Tensor:
+        from PIL import Image
+        import numpy as np
+
+        with Image.open(self.paths[i]) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            scale = self.size / min(w, h)
+            img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BILINEAR)
+            w, h = img.size
+            left, top = (w - self.size) // 2, (h - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
+            return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+
+    def __getitem__(self, index):
+        if isinstance(index, int):
+            return self._load(index)
+        index = torch.as_tensor(index).reshape(-1).tolist()
+        return torch.stack([self._load(i) for i in index])
+
+
+class SampleDataset(Dataset):
+    """A dataset of images with labels, group ids and optional masks / spurious attributes.
+
+    Parameters
+    ----------
+    images : Tensor[N, C, H, W] or LazyImages
+        Pixels in [0, 1].
+    labels, groups : LongTensor[N]
+        Class labels and group ids (0..G-1).
+    class_names, group_names : list of str
+        Names of the classes and groups (``group_names[g]`` describes group ``g``).
+    masks : Tensor[N, 1, H, W], optional
+        Foreground masks (1 = foreground), used by ISNet and localisation metrics.
+    spurious : LongTensor[N], optional
+        The spurious attribute (e.g. background family, colour, digit for parity).
+    attributes : dict of LongTensor[N], optional
+        Further per-sample attributes (e.g. ``{"cooccur": ...}`` for the second shortcut).
+    name : str
+        A short name used in titles.
+    """
+
+    def __init__(self, images, labels, groups, *, class_names, group_names, masks=None, spurious=None,
+                 attributes=None, name="dataset"):
+        n = len(images)
+        labels = torch.as_tensor(labels).long()
+        groups = torch.as_tensor(groups).long()
+        if labels.shape != (n,) or groups.shape != (n,):
+            raise ValueError(f"labels and groups must have shape ({n},), got {tuple(labels.shape)} and "
+                             f"{tuple(groups.shape)}")
+        if masks is not None and (masks.shape[0] != n or masks.dim() != 4 or masks.shape[1] != 1):
+            raise ValueError(f"masks must have shape ({n}, 1, H, W), got {tuple(masks.shape)}")
+        self.images = images
+        self.labels = labels
+        self.groups = groups
+        self.masks = masks
+        self.spurious = None if spurious is None else torch.as_tensor(spurious).long()
+        self.attributes = dict(attributes or {})
+        self.class_names = list(class_names)
+        self.group_names = list(group_names)
+        self.name = name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.group_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = {"image": self.images[index], "label": self.labels[index], "group": self.groups[index],
+                  "index": index}
+        if self.masks is not None:
+            sample["mask"] = self.masks[index]
+        if self.spurious is not None:
+            sample["spurious"] = self.spurious[index]
+        return sample
+
+    def subset(self, indices) -> "SampleDataset":
+        """A new dataset holding the samples at ``indices`` (group names kept)."""
+        idx = torch.as_tensor(indices).long().reshape(-1)
+        images = self.images[idx] if isinstance(self.images, torch.Tensor) else \
+            LazyImages([self.images.paths[i] for i in idx.tolist()], self.images.size)
+        return SampleDataset(images, self.labels[idx], self.groups[idx], class_names=self.class_names,
+                             group_names=self.group_names,
+                             masks=None if self.masks is None else self.masks[idx],
+                             spurious=None if self.spurious is None else self.spurious[idx],
+                             attributes={k: v[idx] for k, v in self.attributes.items()}, name=self.name)
+
+    def group_counts(self) -> torch.Tensor:
+        """Number of samples per group id."""
+        return torch.bincount(self.groups, minlength=self.n_groups)
+
+    def fingerprint(self) -> str:
+        """A hash of the dataset's content (used to key training checkpoints)."""
+        if not isinstance(self.images, torch.Tensor):
+            return config_hash({"paths": [str(p) for p in self.images.paths], "labels": self.labels.tolist()})
+        return _digest({"images": self.images[:: max(1, len(self) // 256)], "labels": self.labels,
+                        "groups": self.groups})[:16]
+
+    def __repr__(self) -> str:
+        shape = tuple(self.images.shape[1:])
+        counts = ", ".join(f"{n}: {int(c)}" for n, c in zip(self.group_names, self.group_counts()))
+        return f"SampleDataset({self.name!r}, n={len(self)}, image={shape}, groups={{{counts}}})"
+
+    def show(self, n: int = 16, *, indices=None, ncols: int = 8, title: str | None = None):
+        """Draw a labelled grid of ``n`` samples (one per group first, then the rest in order)."""
+        from ..viz import image_grid
+
+        if indices is None:
+            first = [int((self.groups == g).nonzero()[0]) for g in range(self.n_groups)
+                     if (self.groups == g).any()]
+            rest = [i for i in range(len(self)) if i not in set(first)]
+            indices = (first + rest)[:n]
+        indices = list(indices)
+        images = self.images[torch.tensor(indices)]
+        titles = [self.group_names[int(self.groups[i])] for i in indices]
+        return image_grid(images, titles, ncols=ncols, title=title or self.name)

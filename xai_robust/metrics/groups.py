@@ -1,0 +1,97 @@
+"""Group-robustness metrics (chapter 01; ExMap Sec. 5, FCR Sec. 5.3).
+
+The group-robust objective (ExMap Eq. 2, FCR Eq. 1) asks for a model whose *worst* group does well,
+not only its average. These functions measure that from predictions, labels and group ids.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["group_accuracies", "worst_group_accuracy", "mean_accuracy", "weighted_mean_accuracy",
+           "group_counts"]
+
+
+def _as_long(name, values):
+    t = torch.as_tensor(values)
+    if t.is_floating_point():
+        raise TypeError(f"{name} must hold integer ids, got a floating tensor; pass logits.argmax(1) for predictions")
+    return t.long().reshape(-1).cpu()
+
+
+def _check(pred, y, groups):
+    pred, y, groups = _as_long("pred", pred), _as_long("y", y), _as_long("groups", groups)
+    if not (pred.numel() == y.numel() == groups.numel()):
+        raise ValueError(f"pred, y and groups must have the same length, got {pred.numel()}, {y.numel()}, "
+                         f"{groups.numel()}")
+    if pred.numel() == 0:
+        raise ValueError("pred is empty: there is nothing to score")
+    if (groups < 0).any():
+        raise ValueError("groups must be non-negative ids")
+    return pred, y, groups
+
+
+def group_counts(groups, n_groups: int | None = None) -> torch.Tensor:
+    """Number of samples in each group id 0..n_groups-1."""
+    groups = _as_long("groups", groups)
+    n = int(groups.max()) + 1 if n_groups is None else n_groups
+    return torch.bincount(groups, minlength=n)[:n]
+
+
+def group_accuracies(pred, y, groups, n_groups: int | None = None) -> torch.Tensor:
+    """Accuracy within each group.
+
+    Parameters
+    ----------
+    pred, y, groups : LongTensor[N]
+        Predicted classes, true classes and group ids (0..G-1).
+    n_groups : int, optional
+        Number of groups G; groups absent from the data get NaN.
+
+    Returns
+    -------
+    Tensor[G]
+        Float accuracies in [0, 1], NaN for empty groups.
+    """
+    pred, y, groups = _check(pred, y, groups)
+    n = int(groups.max()) + 1 if n_groups is None else n_groups
+    correct = torch.bincount(groups, weights=(pred == y).double(), minlength=n)[:n]
+    counts = torch.bincount(groups, minlength=n)[:n].double()
+    acc = correct / counts
+    acc[counts == 0] = float("nan")
+    return acc
+
+
+def worst_group_accuracy(pred, y, groups) -> float:
+    """Lowest accuracy over the groups present in the data (ExMap Eq. 2, the quantity to maximise)."""
+    acc = group_accuracies(pred, y, groups)
+    return float(acc[~torch.isnan(acc)].min())
+
+
+def mean_accuracy(pred, y) -> float:
+    """Plain (sample-averaged) accuracy."""
+    pred, y = _as_long("pred", pred), _as_long("y", y)
+    if pred.numel() != y.numel() or pred.numel() == 0:
+        raise ValueError("pred and y must be non-empty and of the same length")
+    return float((pred == y).double().mean())
+
+
+def weighted_mean_accuracy(pred, y, groups, train_groups) -> float:
+    """Mean accuracy weighted by the training group proportions.
+
+    Waterbirds-style test sets are group-balanced, so their plain mean over-weights minority groups;
+    DFR and ExMap report the per-group accuracies averaged with the *training* proportions
+    (REFERENCE.md, "ExMap").
+
+    Parameters
+    ----------
+    pred, y, groups : LongTensor[N]
+        Test predictions, labels and group ids.
+    train_groups : LongTensor[M]
+        Group ids of the training set, whose proportions weight the groups.
+    """
+    acc = group_accuracies(pred, y, groups)
+    weights = group_counts(train_groups, acc.numel()).double()
+    present = ~torch.isnan(acc)
+    if weights[present].sum() == 0:
+        raise ValueError("no training sample falls in any group present in the test data")
+    return float((acc[present] * weights[present]).sum() / weights[present].sum())

@@ -1,0 +1,248 @@
+"""Training and evaluation: ``fit`` / ``predict`` / ``evaluate`` / ``embed`` and the chapters' ERM models.
+
+``fit`` trains any classifier on a :class:`~xai_robust.data.SampleDataset` with a progress bar, a seed, the
+chosen device and a checkpoint cache keyed by a hash of everything that determines the result (initial
+weights, data, recipe), written atomically and verified on load. ``erm`` is the standard model chapter 01
+trains per dataset; later chapters call it and get the same network from the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import cache_dir, device as default_device, seed_everything
+from .data.base import SampleDataset, config_hash
+from .metrics.groups import group_accuracies, mean_accuracy, worst_group_accuracy
+
+__all__ = ["fit", "predict", "evaluate", "embed", "erm", "progress", "state_digest"]
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar that renders as a widget in notebooks and as text in a terminal."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("leave", False)
+    kwargs.setdefault("disable", os.environ.get("XAI_ROBUST_PROGRESS", "1") == "0")
+    return tqdm(iterable, **kwargs)
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (parameters and buffers)."""
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _batches(n, batch_size, generator, weights=None):
+    if weights is None:
+        order = torch.randperm(n, generator=generator)
+    else:  # sampling with replacement in proportion to the weights (JTT's upsampling)
+        order = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _checkpoint_path(key: str):
+    folder = cache_dir() / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{key}.pt"
+
+
+def _save_checkpoint(model, path):
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    data = buffer.getvalue()
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(model, path) -> bool:
+    try:
+        raw = path.read_bytes()
+        digest, data = raw.split(b"\n", 1)
+        if hashlib.sha256(data).hexdigest().encode() != digest:
+            return False
+        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu"))
+        return True
+    except Exception:
+        return False
+
+
+def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e-3, batch_size: int = 128,
+        weight_decay: float = 1e-4, optimizer: str = "adam", seed: int = 0, sample_weights=None,
+        loss_fn: Callable | None = None, device=None, cache: bool = True, progress_bar: bool = True,
+        desc: str = "training") -> nn.Module:
+    """Train a classifier with cross-entropy (or ``loss_fn``) and return it in eval mode.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Freshly built classifier (its initial weights are part of the cache key).
+    dataset : SampleDataset
+        Training data.
+    epochs, lr, batch_size, weight_decay : training recipe.
+    optimizer : {'adam', 'sgd'}
+        Adam, or SGD with momentum 0.9.
+    seed : int
+        Seed for the batch order.
+    sample_weights : Tensor[N], optional
+        Draw each epoch's samples with replacement in proportion to these weights (JTT upsampling).
+    loss_fn : callable, optional
+        ``loss_fn(model, batch_dict) -> loss`` replacing cross-entropy; give it a ``__name__`` that describes
+        it, since the name is part of the cache key.
+    device : torch.device, optional
+        Default :func:`xai_robust.device`.
+    cache : bool
+        Load/save the trained weights under ``cache_dir()/checkpoints``.
+    progress_bar : bool
+        Show a progress bar over epochs.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be non-negative, got {epochs}")
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("dataset is empty")
+    if sample_weights is not None:
+        sample_weights = torch.as_tensor(sample_weights, dtype=torch.float64)
+        if sample_weights.shape != (n,) or (sample_weights < 0).any() or sample_weights.sum() == 0:
+            raise ValueError(f"sample_weights must be {n} non-negative numbers, not all zero")
+    device = device or default_device()
+    key = config_hash(dict(init=state_digest(model), data=dataset.fingerprint(), epochs=epochs, lr=lr,
+                           batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, seed=seed,
+                           weights=None if sample_weights is None else hashlib.sha256(
+                               sample_weights.numpy().tobytes()).hexdigest(),
+                           loss=None if loss_fn is None else getattr(loss_fn, "__name__", repr(loss_fn))))
+    path = _checkpoint_path(key)
+    if cache and path.exists() and _load_checkpoint(model, path):
+        return model.to(device).eval()
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = (torch.optim.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == "adam"
+           else torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * ((n + batch_size - 1) // batch_size)))
+    g = torch.Generator().manual_seed(seed)
+    bar = progress(range(epochs), desc=desc, disable=not progress_bar or None)
+    for _ in bar:
+        total, correct, seen = 0.0, 0, 0
+        for idx in _batches(n, batch_size, g, sample_weights):
+            x = dataset.images[idx].to(device)
+            y = dataset.labels[idx].to(device)
+            if loss_fn is None:
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                correct += int((logits.argmax(1) == y).sum())
+            else:
+                batch = {"image": x, "label": y, "group": dataset.groups[idx].to(device), "index": idx}
+                if dataset.masks is not None:
+                    batch["mask"] = dataset.masks[idx].to(device)
+                loss = loss_fn(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+            seen += len(idx)
+        postfix = {"loss": f"{total / seen:.3f}"}
+        if loss_fn is None:
+            postfix["acc"] = f"{correct / seen:.3f}"
+        bar.set_postfix(postfix)
+    model.eval()
+    if cache:
+        _save_checkpoint(model, path)
+    return model
+
+
+def _images(x_or_dataset):
+    return x_or_dataset.images if isinstance(x_or_dataset, SampleDataset) else x_or_dataset
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x_or_dataset, *, batch_size: int = 256, device=None) -> torch.Tensor:
+    """Logits for a tensor of images or a dataset, in eval mode, batched, returned on the CPU."""
+    from .attribution import restore_model
+
+    images = _images(x_or_dataset)
+    device = device or next(model.parameters()).device
+    out = []
+    with restore_model(model):
+        model.eval()
+        for i in range(0, len(images), batch_size):
+            out.append(model(images[i:i + batch_size].to(device)).cpu())
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, dataset: SampleDataset, **kwargs) -> dict:
+    """Accuracy, per-group accuracy and worst-group accuracy of a model on a dataset.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``group_accuracy`` (list, NaN for empty groups), ``worst_group_accuracy``,
+        ``pred`` (LongTensor) and ``logits``.
+    """
+    logits = predict(model, dataset, **kwargs)
+    pred = logits.argmax(1)
+    return {"accuracy": mean_accuracy(pred, dataset.labels),
+            "group_accuracy": group_accuracies(pred, dataset.labels, dataset.groups, dataset.n_groups).tolist(),
+            "worst_group_accuracy": worst_group_accuracy(pred, dataset.labels, dataset.groups),
+            "pred": pred, "logits": logits}
+
+
+def embed(model: nn.Module, x_or_dataset, *, batch_size: int = 256, device=None) -> torch.Tensor:
+    """Penultimate embeddings (input of the last linear layer) for images or a dataset, on the CPU."""
+    from .models import embed as embed_batch
+
+    images = _images(x_or_dataset)
+    device = device or next(model.parameters()).device
+    return torch.cat([embed_batch(model, images[i:i + batch_size].to(device)).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def erm(name: str, *, profile: str = "ci", seed: int = 0, progress_bar: bool = True, **data_overrides):
+    """The standard ERM classifier for a dataset (chapter 01), trained once and then loaded from the cache.
+
+    Parameters
+    ----------
+    name : str
+        A dataset name of :func:`xai_robust.data.load`. Under the ``colab``/``paper`` profiles a synthetic
+        stand-in is replaced by its real dataset (spurious_scenes → waterbirds).
+    profile : {'ci', 'colab', 'paper'}
+    seed : int
+        Seed for data, initialisation and batch order.
+    **data_overrides
+        Passed to :func:`xai_robust.data.load` for the training split.
+
+    Returns
+    -------
+    model : nn.Module
+        Trained, in eval mode.
+    train_set : SampleDataset
+    """
+    from . import data, models
+    from .profiles import REAL_DATASET, profile_settings
+
+    recipes = profile_settings(profile)
+    if profile != "ci":
+        name = REAL_DATASET.get(name, name)
+    if name not in recipes:
+        raise ValueError(f"no ERM recipe for {name!r} under profile {profile!r}; known: {sorted(recipes)}")
+    recipe = dict(recipes[name])
+    arch = recipe.pop("arch")
+    overrides = {**recipe.pop("data", {}), **data_overrides}
+    model_kwargs = recipe.pop("model", {})
+    recipe.pop("pretrained", None)
+    train_set = data.load(name, "train", profile=profile, seed=seed, **overrides)
+    in_channels = train_set.images.shape[1]
+    model = models.build(arch, train_set.num_classes, in_channels=in_channels, seed=seed, **model_kwargs)
+    fit(model, train_set, seed=seed, progress_bar=progress_bar, desc=f"ERM on {name}", **recipe)
+    return model, train_set
