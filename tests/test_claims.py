@@ -55,3 +55,83 @@ def test_06_superpixel_maps_more_stable_across_models(method):
     pixel, sup = r[f"ssim_halves_{method}_pixel"], r[f"ssim_halves_{method}_superpixel"]
     assert pixel is not None and sup is not None, f"{method}: SSIM not measured"
     assert sup > pixel, f"{method}: super-pixel SSIM {sup:.3f} <= pixel SSIM {pixel:.3f}"
+
+
+# ---------------------------------------------------------------- chapter 02: LRP and LRP-Flex
+def test_02_lrp_flex_equals_zennit_and_captum():
+    """LRP-Flex's modified ReLU gradient is LRP-ε (Faster ISNet, Sec. II-G, Appendix A): in float64 it matches
+    zennit's LRP-ε, captum's LRP-ε and zennit with ZBox on the first layer to a relative 1e-5."""
+    r = load_results("02_lrp_flex")
+    for key in ("max_rel_diff_zennit_eps", "max_rel_diff_captum_eps", "max_rel_diff_zennit_zb"):
+        assert r[key] <= 1e-5, f"{key} = {r[key]:.2e}"
+
+
+def test_02_lrp_flex_costs_about_a_gradient():
+    """LRP-Flex takes about the time of a gradient backward pass (Sec. II-G: 'fast, taking advantage of
+    highly optimized backpropagation engines'): at most 1.5× Gradient×Input, and faster than zennit."""
+    r = load_results("02_lrp_flex")
+    assert r["time_ratio_flex_gxi"] <= 1.5, f"LRP-Flex / Gradient×Input = {r['time_ratio_flex_gxi']:.2f}"
+    assert r["time_ratio_zennit_flex"] > 1.0, f"zennit / LRP-Flex = {r['time_ratio_zennit_flex']:.2f}"
+
+
+def test_02_standard_classifier_heatmaps_show_the_mark():
+    """LRP heatmaps of the standard classifier put its positive relevance on the bias mark (Faster ISNet,
+    Fig. 2): on deceiving images the mark band holds at least twice its share of the pixels, and more than on
+    o.o.d. images without a mark."""
+    r = load_results("02_lrp_flex")
+    assert r["band_share_deceiving"] >= 2 * r["band_area"], (r["band_share_deceiving"], r["band_area"])
+    assert r["band_share_deceiving"] > r["band_share_ood"], (r["band_share_deceiving"], r["band_share_ood"])
+
+
+def test_02_epsilon_absorbs_relevance_and_zplus_is_positive():
+    """ε absorbs relevance (Sec. II-A): the heatmap's total shrinks as ε grows; LRP-z⁺ maps are non-negative
+    (Eq. 4)."""
+    r = load_results("02_lrp_flex")
+    totals = [r[f"conservation_eps_{e}"] for e in ("0", "0.001", "0.01", "0.1", "1", "10")]
+    assert all(a >= b for a, b in zip(totals, totals[1:])), totals
+    assert r["zplus_min"] >= 0.0, r["zplus_min"]
+
+
+# ---------------------------------------------------------------- chapter 05: fictitious class unlearning
+def test_05_one_weight_removes_each_class():
+    """Editing a single weight drops every removed class's test accuracy to at most 10% (FCR Fig. 6)."""
+    r = load_results("05_fictitious_class_unlearning")
+    assert r["removal_removed_acc_max_1w"] <= 10.0, r["removal_removed_acc_max_1w"]
+
+
+def test_05_one_weight_removal_spares_the_other_classes():
+    """...while no other class loses more than 2 points (FCR Fig. 6, "without negatively impacting the others").
+    Gains are allowed: the removed class's samples move to their second-best class (the chapter reports the
+    largest change in either direction, `removal_others_max_abs_change_1w`)."""
+    r = load_results("05_fictitious_class_unlearning")
+    assert r["removal_others_max_drop_1w"] <= 2.0, r["removal_others_max_drop_1w"]
+
+
+@pytest.mark.parametrize("dataset", ["colored_digits", "spurious_scenes"])
+def test_05_neutralisation_at_fair_r_raises_worst_group(dataset):
+    """Single-weight neutralisation at the fair r (chosen on validation) raises test worst-group accuracy over
+    ERM (FCR Table 1, Fig. 9)."""
+    r = load_results("05_fictitious_class_unlearning")
+    fcr, erm = r[f"{dataset}_fcr_wga"], r[f"{dataset}_erm_wga"]
+    assert fcr > erm, f"{dataset}: FCR {fcr:.1f}% vs ERM {erm:.1f}% (fair r = {r[f'{dataset}_fcr_oracle_r']:.3g})"
+
+
+# ---------------------------------------------------------------- chapter 07: Neuro-Activated Superpixels
+_NAS_METHODS = ("gxi", "lrp", "ig", "gradcam", "occlusion")
+
+
+def test_07_nas_improves_iou70_for_most_methods():
+    """NAS superpixelification raises IoU@70 over the pixel map for most saliency methods (NAS Table 3, §4.3.3:
+    "the consistent improvement in the IoU@70% scores brought by NAS for all saliency methods")."""
+    r = load_results("07_neuro_activated_superpixels")
+    gains = {m: r[f"iou70_{m}_nas"] - r[f"iou70_{m}_pixel"] for m in _NAS_METHODS}
+    improved = sum(g > 0 for g in gains.values())
+    assert improved > len(_NAS_METHODS) / 2, f"IoU@70 gain of +NAS per method (points): {gains}"
+
+
+def test_07_greedy_lerf_beats_superpixelified_maps():
+    """The greedy maximisation of AUC-LeRF over NAS cells scores above every NAS-superpixelified saliency map
+    (NAS Table 2: "these scores remain at least 10 points smaller than those obtained by maximizing")."""
+    r = load_results("07_neuro_activated_superpixels")
+    best = max(r[f"auc_lerf_{m}_nas"] for m in _NAS_METHODS)
+    assert r["auc_lerf_greedy_nas"] > best, f"greedy {r['auc_lerf_greedy_nas']:.1f} vs best +NAS map {best:.1f}"

@@ -77,8 +77,9 @@ def save_results(name: str, values: dict) -> Path:
         if not isinstance(key, str):
             raise TypeError(f"result names must be strings, got {key!r}")
         if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
-            if np.size(value) != 1:
-                raise ValueError(f"result {key!r} must be a single number, got shape {np.shape(value)}")
+            size = value.numel() if isinstance(value, torch.Tensor) else np.size(value)
+            if size != 1:
+                raise ValueError(f"result {key!r} must be a single number, got shape {tuple(value.shape)}")
             value = value.item()
         if isinstance(value, bool):
             value = int(value)

@@ -132,9 +132,15 @@ def input_gradient(model: nn.Module, x: torch.Tensor, target=None, *, create_gra
     -------
     Tensor
         ∂z_t/∂x with the shape of ``x``.
+
+    Notes
+    -----
+    The model runs in eval mode (BatchNorm with running statistics), so one sample's explanation never
+    depends on the rest of the batch; its mode is restored afterwards.
     """
     check_images(x)
     with restore_model(model):
+        model.eval()
         xg = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             logits = model(xg)

@@ -14,10 +14,10 @@ REAL_DATASET = {"colored_digits": "colored_digits", "biased_digits": "biased_dig
 # the standard ERM recipe per dataset and profile (chapter 01 trains these; later chapters reuse them)
 ERM_RECIPES = {
     "ci": {
-        "colored_digits": dict(arch="conv2net", epochs=6, lr=2e-3, batch_size=64, weight_decay=1e-4),
+        "colored_digits": dict(arch="conv2net", epochs=8, lr=2e-3, batch_size=64, weight_decay=1e-4),
         "biased_digits": dict(arch="conv2net", epochs=4, lr=2e-3, batch_size=64, weight_decay=1e-4),
         "parity_digits": dict(arch="conv2net", epochs=6, lr=2e-3, batch_size=64, weight_decay=1e-4),
-        "spurious_scenes": dict(arch="small_resnet", epochs=6, lr=2e-3, batch_size=64, weight_decay=1e-4,
+        "spurious_scenes": dict(arch="small_resnet", epochs=8, lr=2e-3, batch_size=64, weight_decay=1e-4,
                                 model=dict(stem_stride=2)),
     },
     "colab": {

@@ -150,7 +150,7 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             seen += len(idx)
         postfix = {"loss": f"{total / seen:.3f}"}
         if loss_fn is None:

@@ -1,8 +1,8 @@
 """Spurious scenes: a procedural Waterbirds analog (and an UrbanCars-style second shortcut).
 
 An object of one of two classes (a *triangle* or an *ellipse*, random colour, size and rotation) is drawn on a
-background of one of two families: *land* (grass, gravel and brick textures bundled with scikit-image, tinted
-green/brown) or *water* (procedural ripples, tinted blue). In training the background agrees with the class
+background of one of two families: *land* (grass, gravel and brick textures bundled with scikit-image) or *water*
+(procedural ripples); both families are tinted from one shared palette, so they differ in texture, not colour. In training the background agrees with the class
 (triangle ↔ land, ellipse ↔ water) with probability 0.95, as in Waterbirds (Sagawa et al., 2020); in val/test the
 background is balanced within each class. Masks mark the object. An optional co-occurring object (a small plus
 or ring in a corner) is a second shortcut with its own correlation, as in UrbanCars (ExMap Sec. 5.3, Table 3).
@@ -21,8 +21,8 @@ __all__ = ["spurious_scenes", "CLASS_NAMES", "BACKGROUND_NAMES", "COOCCUR_NAMES"
 CLASS_NAMES = ["triangle", "ellipse"]
 BACKGROUND_NAMES = ["land", "water"]
 COOCCUR_NAMES = ["plus", "ring"]
-_LAND_TINTS = torch.tensor([[0.42, 0.62, 0.25], [0.6, 0.47, 0.3], [0.5, 0.55, 0.32]])
-_WATER_TINTS = torch.tensor([[0.25, 0.45, 0.8], [0.25, 0.6, 0.75], [0.3, 0.5, 0.65]])
+# both background families draw their tint from the same palette: they differ in texture, not in colour
+_TINTS = torch.tensor([[0.42, 0.62, 0.25], [0.6, 0.47, 0.3], [0.25, 0.45, 0.8], [0.3, 0.55, 0.6]])
 
 
 def _land_textures():
@@ -35,7 +35,7 @@ def _land(n, size, g):
     textures = _land_textures()
     out = torch.empty(n, 3, size, size)
     which = torch.randint(0, len(textures), (n,), generator=g)
-    tint = _LAND_TINTS[torch.randint(0, 3, (n,), generator=g)] + 0.06 * (torch.rand(n, 3, generator=g) - 0.5)
+    tint = _TINTS[torch.randint(0, len(_TINTS), (n,), generator=g)] + 0.06 * (torch.rand(n, 3, generator=g) - 0.5)
     for i in range(n):
         tex = textures[int(which[i])]
         crop = int(torch.randint(96, 192, (1,), generator=g))
@@ -58,7 +58,7 @@ def _water(n, size, g):
         field += torch.sin(2 * math.pi * freq * (xx * torch.cos(angle) + yy * torch.sin(angle)) + phase)
     field = field / 3 + 0.25 * torch.randn(n, size, size, generator=g)
     field = F.avg_pool2d(field[:, None], 3, stride=1, padding=1)[:, 0]
-    tint = _WATER_TINTS[torch.randint(0, 3, (n,), generator=g)] + 0.06 * (torch.rand(n, 3, generator=g) - 0.5)
+    tint = _TINTS[torch.randint(0, len(_TINTS), (n,), generator=g)] + 0.06 * (torch.rand(n, 3, generator=g) - 0.5)
     return ((0.55 + 0.2 * field)[:, None] * tint[:, :, None, None] * 1.5).clamp(0, 1)
 
 
@@ -67,9 +67,9 @@ def _shapes(label, size, g):
     n = len(label)
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    radius = 0.15 + 0.07 * torch.rand(n, generator=g)
-    cy = 0.5 + (torch.rand(n, generator=g) - 0.5) * 0.35
-    cx = 0.5 + (torch.rand(n, generator=g) - 0.5) * 0.35
+    radius = 0.2 + 0.08 * torch.rand(n, generator=g)
+    cy = 0.5 + (torch.rand(n, generator=g) - 0.5) * 0.25
+    cx = 0.5 + (torch.rand(n, generator=g) - 0.5) * 0.25
     rot = 2 * math.pi * torch.rand(n, generator=g)
     dy, dx = yy[None] - cy[:, None, None], xx[None] - cx[:, None, None]
     c, s = torch.cos(rot)[:, None, None], torch.sin(rot)[:, None, None]

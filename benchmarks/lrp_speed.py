@@ -1,0 +1,106 @@
+"""Time LRP-Flex against Gradient×Input, zennit and captum on torchvision ResNets (chapter 02).
+
+One run, interleaved repeats (every repeat times every method once, in turn and in a rotated order, so load
+on a shared machine and the after-effects of the previous method hit all methods alike); prints median seconds per heatmap batch and ratios to Gradient×Input. On a CPU the
+default clock is the process's CPU time (``--clock wall`` for the wall clock); on CUDA the wall clock after
+synchronising.
+
+    .venv/bin/python benchmarks/lrp_speed.py            # ResNet-18 and ResNet-50, batch 32, 64×64, CPU
+    .venv/bin/python benchmarks/lrp_speed.py --quick    # small sizes, ResNet-18 only
+    .venv/bin/python benchmarks/lrp_speed.py --device cuda
+
+Targets (DESIGN.md): LRP-Flex ≤ 1.25× Gradient×Input and ≥ 2× faster than zennit's equivalent composite
+(``xai_robust.lrp.epsilon_composite``: the same LRP-ε heatmap). captum's LRP runs on these ResNets but has
+no rule for their residual sums, so its map is not the same LRP-ε there (timed anyway); a method that fails
+on a model is reported, not hidden.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from xai_robust.attribution import gradient_x_input  # noqa: E402
+from xai_robust.lrp import captum_lrp, epsilon_composite, lrp_flex, zennit_heatmap  # noqa: E402
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(arch, batch, size, repeats, device, epsilon=0.01, clock_name="cpu"):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=10).to(device).eval()
+    x = torch.rand(batch, 3, size, size, device=device)
+    target = torch.randint(0, 10, (batch,), device=device)
+    composite = epsilon_composite(model, x[:2], epsilon)
+    methods = {
+        "gradient_x_input": lambda: gradient_x_input(model, x, target),
+        "lrp_flex": lambda: lrp_flex(model, x, target, epsilon=epsilon),
+        "zennit": lambda: zennit_heatmap(model, x, target, composite),
+        "captum_lrp": lambda: captum_lrp(model, x, target, epsilon=epsilon),
+    }
+    times = {k: [] for k in methods}
+    failed = {}
+    for name, fn in list(methods.items()):  # warm-up, and find the methods that cannot run this model
+        try:
+            fn()
+        except Exception as err:  # noqa: BLE001 - reported, not hidden
+            failed[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:90]}"
+            del methods[name]
+    clock = time.process_time if (clock_name == "cpu" and device.type == "cpu") else time.perf_counter
+    names = list(methods)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate: no method always runs first
+            fn = methods[name]
+            _sync(device)
+            t0 = clock()
+            fn()
+            _sync(device)
+            times[name].append(clock() - t0)
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    clock_used = "process CPU time" if clock is time.process_time else "wall clock"
+    print(f"\n{arch}, batch {batch}, {size}×{size}, {device}, {repeats} interleaved repeats, median {clock_used} "
+          f"(threads: {torch.get_num_threads()})")
+    for name in times:
+        if name in med:
+            print(f"  {name:18s} {med[name]:8.3f} s   {med[name] / med['gradient_x_input']:5.2f}× Grad×Input")
+        else:
+            print(f"  {name:18s}   failed: {failed[name]}")
+    flex = med["lrp_flex"]
+    print(f"  LRP-Flex / Grad×Input = {flex / med['gradient_x_input']:.2f} (target ≤ 1.25); "
+          f"zennit / LRP-Flex = {med['zennit'] / flex:.2f} (target ≥ 2)")
+    return med, failed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="batch 8, 32×32, ResNet-18 only, 3 repeats")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                        help="on a CPU device: process CPU time (default; robust on a shared machine) or wall clock")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.batch, args.size, args.repeats, args.archs = 8, 32, 3, ["resnet18"]
+    device = torch.device(args.device)
+    for arch in args.archs:
+        bench(arch, args.batch, args.size, args.repeats, device, clock_name=args.clock)
+
+
+if __name__ == "__main__":
+    main()

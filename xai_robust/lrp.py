@@ -1,0 +1,739 @@
+"""LRP-Flex: Layer-wise Relevance Propagation for any ReLU network through a modified ReLU gradient.
+
+Faster ISNet (Bassi, Decherchi & Cavalli), Sec. II-A (LRP rules, Eq. 1-5), Sec. II-F (explained
+quantities of the Selective, Stochastic and Dual ISNets, Eq. 11-12), Sec. II-G (LRP-Flex) and
+Sec. II-H (LRP deep supervision). Chapter 02 of the book derives and tests everything here.
+
+The idea (Sec. II-G, step 1): replace the backward pass of every ReLU by
+
+.. math:: G^{in}_k = \\frac{a^{out}_k}{a^{out}_k + \\varepsilon} G^{out}_k
+
+and multiply the resulting "gradient" at the input by the input (step 4, :math:`R^0 = G^0 \\odot X`).
+With :math:`R = a \\odot G` at every ReLU output, a conv/linear layer followed by a ReLU then applies
+LRP-ε (Eq. 2) and every other linear operation (the logits, pooling, residual additions, BatchNorm in
+eval mode, which is folded into the preceding layer) applies LRP-0. Relevance starts at the explained
+logit (Eq. 3), i.e. the backward pass is seeded with 1.
+
+How the hooks work
+------------------
+A forward hook on every ``nn.ReLU`` *module* replaces its output by a custom autograd function whose
+forward is ``relu`` and whose backward is the rule above; the backward is written with differentiable
+operations on the ReLU's *input*, so ``create_graph=True`` gives heatmaps whose gradient with respect to
+the parameters is exact (this is what the ISNet losses of chapter 03 need; no
+``register_full_backward_hook``, whose double backward broke in torch 1.13, pytorch#88312). The rule is
+switched on only while the explanation's own backward pass runs: any later backward through the same
+graph (the second-order pass through a heatmap loss, or a classification loss on the returned logits)
+sees the true ReLU derivative, as the paper prescribes (Sec. II-G, step 1).
+In-place ReLUs are switched to out-of-place for the duration of the call and reused ReLU modules (one
+``nn.ReLU(inplace=True)`` called twice per torchvision ResNet block) are hooked once and fire on every
+call, so no model is rebuilt. Everything (hooks, ``inplace`` flags, train/eval modes, ``requires_grad``)
+is restored on exit, also when the forward pass raises.
+
+Limits: functional ``torch.relu`` / ``F.relu`` calls inside a model's ``forward`` are invisible to module
+hooks and are silently treated with their plain gradient (LRP-0 there); modules for other nonlinearities
+(GELU, SiLU, ELU, LeakyReLU, Tanh, Sigmoid, Softplus, ...) are refused with a ``ValueError``.
+
+BatchNorm and the batch
+-----------------------
+In training mode a BatchNorm layer normalises with the *batch* statistics, so every sample's heatmap
+would depend on (and backpropagate into) the other samples of the batch - the official code does this.
+By default (``batchnorm="eval"``) the explanation forward runs every BatchNorm layer in eval mode (running
+statistics), even when the model is in training mode: heatmaps are then batch-independent, the running
+statistics are not updated by the explanation pass, and gradients through the heatmap still reach the
+BatchNorm affine parameters. This is the training-mode option for the ISNets. ``batchnorm="batch"``
+keeps the model's own modes (the official code's behaviour).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attribution import check_images, resolve_target, restore_model
+
+__all__ = ["lrp_flex", "relu_fed_layers", "epsilon_composite", "exmap_composite", "zennit_heatmap", "captum_lrp",
+           "UNSUPPORTED_ACTIVATIONS"]
+
+#: Nonlinearity modules LRP-Flex can see but not explain; ``lrp_flex`` refuses models containing them.
+UNSUPPORTED_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.PReLU,
+                           nn.SELU, nn.CELU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.ReLU6,
+                           nn.RReLU, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Softmax, nn.LogSoftmax)
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_QUANTITIES = ("logit", "eta", "joint")
+_RULES = ("epsilon", "zplus")
+_BATCHNORM = ("eval", "batch")
+
+
+# --------------------------------------------------------------------------------------------------
+# autograd functions
+# --------------------------------------------------------------------------------------------------
+class _Switch:
+    """Shared flag: the modified backward rules apply only while the explanation's own backward pass runs.
+
+    Any later backward through the same graph (a training loss on the returned logits, or the second-order
+    pass that differentiates a ``create_graph`` heatmap) sees the true derivatives - the paper's "this
+    backward pass modification has to be deactivated when not creating LRP heatmaps" (Sec. II-G, step 1).
+    """
+
+    def __init__(self):
+        self.active = False
+
+
+class _EpsilonReLU(torch.autograd.Function):
+    """``relu`` forward; LRP-ε backward ``G_in = a / (a + ε) * G_out`` (Faster ISNet, Sec. II-G, step 1)."""
+
+    @staticmethod
+    def forward(ctx, z, epsilon, switch):
+        ctx.epsilon, ctx.switch = epsilon, switch
+        # only the input is saved (the output may be modified in place downstream); a is recomputed from z,
+        # which also makes the derivatives of the rule exact under create_graph
+        ctx.save_for_backward(z)
+        return z.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        eps = ctx.epsilon
+        if not ctx.switch.active or eps == 0:  # the true ReLU derivative (ε = 0: LRP-0 = Gradient×Input)
+            return grad * (z > 0).to(grad.dtype), None, None
+        a = z.clamp(min=0)
+        if torch.is_grad_enabled():  # create_graph: differentiable operations
+            return grad * a / (a + eps), None, None
+        ratio = a + eps  # fast path, in place: G_in = G_out * a / (a + ε)
+        return a.div_(ratio).mul_(grad), None, None
+
+
+def _stabilize(z, epsilon):
+    """``z + ε·sign(z)`` with sign(0) = +1 (Eq. 2, and zennit's stabilizer)."""
+    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+class _Reroute(torch.autograd.Function):
+    """Value of ``z``; the gradient goes to ``zr`` only, scaled by ``z / stab(zr)``.
+
+    Used for the z⁺ (Eq. 4) and z^B rules: the relevance at a layer output is ``R = z ⊙ G`` and the rule
+    redistributes it in proportion to the contributions that make up ``zr``.
+    """
+
+    @staticmethod
+    def forward(ctx, z, zr, epsilon, switch):
+        ctx.epsilon, ctx.switch = epsilon, switch
+        ctx.save_for_backward(z, zr)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.switch.active:  # outside the explanation: the layer's true derivative
+            return grad, None, None, None
+        z, zr = ctx.saved_tensors
+        return None, grad * z / _stabilize(zr, ctx.epsilon), None, None
+
+
+# --------------------------------------------------------------------------------------------------
+# layer helpers
+# --------------------------------------------------------------------------------------------------
+def _affine(module, inp, weight, bias):
+    if isinstance(module, nn.Linear):
+        return F.linear(inp, weight, bias)
+    return module._conv_forward(inp, weight, bias)
+
+
+def _merged_params(layer, bn):
+    """Weight and bias of ``bn ∘ layer`` (eval-mode BatchNorm folded into the layer, as zennit's canonizers do)."""
+    w, b = layer.weight, layer.bias
+    if b is None:
+        b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    if bn is None:
+        return w, b
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    view = (-1,) + (1,) * (w.dim() - 1)
+    return w * scale.reshape(view), b * scale + shift
+
+
+class _State:
+    def __init__(self, model, x, rule, first_layer, epsilon, bounds, layers):
+        self.model, self.x, self.rule, self.first_layer = model, x, rule, first_layer
+        self.epsilon, self.bounds = epsilon, bounds
+        self.switch = _Switch()
+        self.layer_names = list(layers or [])
+        self.captured: dict[str, torch.Tensor] = {}
+        self.last = None            # (rerouted output, layer module, layer input, is_first) of the latest layer
+        self.first_out = None       # output of the first layer (after folding a following BatchNorm)
+        self.first_seen = False
+        self.zr_of = []             # (rerouted output, zr) pairs, to seed Eq. 5 at the logits
+        self.bound_leaves = None    # (low, high) leaves in pixel space for z^B
+        self.normalize_out = None
+        self.normalize_module = None
+        self.in_prefix = False
+
+
+def _layer_hook(state):
+    def hook(module, args, out):
+        if state.in_prefix:
+            return None
+        inp = args[0]
+        is_first = not state.first_seen
+        state.first_seen = True
+        if is_first and state.first_layer == "zb":
+            out = _zb(state, module, None, inp, out)
+            state.first_out = out
+        elif state.rule == "zplus":
+            out = _zplus(state, module, None, inp, out, is_first)
+        else:
+            return None
+        state.last = (out, module, inp, is_first)
+        return out
+    return hook
+
+
+def _batchnorm_hook(state):
+    def hook(module, args, out):
+        last = state.last
+        if last is None or args[0] is not last[0] or out.dim() < 2:
+            return None  # not directly after a hooked layer: plain linear map (LRP-0)
+        if module.training:
+            raise ValueError("rule='zplus' and first_layer='zb' fold BatchNorm into the preceding layer, which "
+                             "needs running statistics; use batchnorm='eval' (the default)")
+        _, layer, inp, is_first = last
+        if is_first and state.first_layer == "zb":
+            out = _zb(state, layer, module, inp, out)
+            state.first_out = out
+        else:
+            out = _zplus(state, layer, module, inp, out, is_first)
+        state.last = None
+        return out
+    return hook
+
+
+def _zplus(state, layer, bn, inp, out, is_first=False):
+    """LRP-z⁺ (Faster ISNet, Eq. 4): redistribute in proportion to ``(w_jk a_j)^+`` (positive bias included).
+
+    When the first layer reads ``normalize``'s output, the rule is applied in pixel space to the composite
+    map ``layer ∘ normalize`` (contributions ``w_jk s_j x_j`` with ``normalize(x) = s x + t``), so the heatmap of
+    the pixels is non-negative, as z⁺ promises.
+    """
+    w, b = _merged_params(layer, bn)
+    if is_first and state.normalize_out is not None and inp is state.normalize_out:
+        state.in_prefix = True
+        try:
+            shift = state.normalize_module(torch.zeros_like(state.x))
+            scale = state.normalize_module(torch.ones_like(state.x)) - shift
+        finally:
+            state.in_prefix = False
+        a = state.x * scale
+        bias = _affine(layer, shift, w, b).clamp(min=0)  # the composite's bias (a map: padding sees `shift`)
+        zp = _affine(layer, a.clamp(min=0), w.clamp(min=0), None) + _affine(layer, a.clamp(max=0), w.clamp(max=0),
+                                                                            None) + bias
+    else:
+        zp = (_affine(layer, inp.clamp(min=0), w.clamp(min=0), b.clamp(min=0))
+              + _affine(layer, inp.clamp(max=0), w.clamp(max=0), None))
+    rerouted = _Reroute.apply(out, zp, state.epsilon, state.switch)
+    state.zr_of.append((rerouted, zp))
+    return rerouted
+
+
+def _zb(state, layer, bn, inp, out):
+    """LRP-z^B on the first layer: ``x w - l w⁺ - h w⁻`` with pixel bounds mapped through ``normalize``."""
+    model, x = state.model, state.x
+    if state.bound_leaves is None:
+        low, high = state.bounds
+        low = torch.as_tensor(low, dtype=x.dtype, device=x.device).expand_as(x).clone().requires_grad_(True)
+        high = torch.as_tensor(high, dtype=x.dtype, device=x.device).expand_as(x).clone().requires_grad_(True)
+        state.bound_leaves = (low, high)
+    low, high = state.bound_leaves
+    if inp is state.x:
+        low_in, high_in = low, high
+    elif state.normalize_out is not None and inp is state.normalize_out:
+        state.in_prefix = True
+        try:
+            low_in, high_in = state.normalize_module(low), state.normalize_module(high)
+        finally:
+            state.in_prefix = False
+    else:
+        raise ValueError("first_layer='zb' needs the first conv/linear layer to receive the input directly or "
+                         "through the model's `normalize` module (an elementwise affine map, e.g. "
+                         "xai_robust.models.Normalize)")
+    w, _ = _merged_params(layer, bn)
+    zb = (_affine(layer, inp, w, None) - _affine(layer, low_in, w.clamp(min=0), None)
+          - _affine(layer, high_in, w.clamp(max=0), None))
+    return _Reroute.apply(out, zb, state.epsilon, state.switch)
+
+
+def _relu_hook(state):
+    def hook(module, args, out):
+        if state.in_prefix:
+            return None
+        if state.rule == "zplus":
+            return None  # z⁺ lives in the layers; the ReLU passes relevance (its plain gradient)
+        if state.first_layer == "zb" and args[0] is state.first_out:
+            return None  # the first layer uses z^B instead of ε
+        return _EpsilonReLU.apply(args[0], state.epsilon, state.switch)
+    return hook
+
+
+def _normalize_hook(state):
+    def hook(module, args, out):
+        if not state.in_prefix and state.normalize_out is None and args[0] is state.x:
+            state.normalize_out, state.normalize_module = out, module
+    return hook
+
+
+def _capture_hook(state, name):
+    def hook(module, args, out):
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"layers: module {name!r} does not return a tensor")
+        if name in state.captured:
+            raise ValueError(f"layers: module {name!r} runs more than once per forward pass (a reused module); "
+                             "name a module that runs once, e.g. a whole block such as 'layer1'")
+        state.captured[name] = out
+        clone = out.clone()  # downstream in-place ops (e.g. `out += identity`) must not alter the captured tensor
+        if out is state.normalize_out:
+            state.normalize_out = clone
+        if out is state.first_out:
+            state.first_out = clone
+        if state.last is not None and out is state.last[0]:
+            state.last = (clone,) + state.last[1:]
+        return clone
+    return hook
+
+
+def _normalizers(model):
+    """``model.normalize`` and any module named like the package's ``Normalize`` (per-channel affine maps)."""
+    found = [m for m in model.modules() if type(m).__name__ == "Normalize"]
+    norm = getattr(model, "normalize", None)
+    if isinstance(norm, nn.Module) and norm not in found:
+        found.append(norm)
+    return found
+
+
+@contextlib.contextmanager
+def _hooked(model, state, batchnorm) -> Iterator[None]:
+    """Register the LRP-Flex hooks; undo everything (hooks, inplace flags, modes) on exit."""
+    handles = []
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    inplace = [(m, m.inplace) for m in relus]
+    with restore_model(model):
+        try:
+            for m in relus:
+                m.inplace = False
+            if batchnorm == "eval":
+                for m in model.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+            if state.first_layer == "zb" or state.rule == "zplus":
+                for m in _normalizers(model):
+                    handles.append(m.register_forward_hook(_normalize_hook(state)))
+            for m in relus:
+                handles.append(m.register_forward_hook(_relu_hook(state)))
+            if state.rule == "zplus" or state.first_layer == "zb":
+                for m in model.modules():
+                    if isinstance(m, _LAYERS):
+                        handles.append(m.register_forward_hook(_layer_hook(state)))
+                    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        handles.append(m.register_forward_hook(_batchnorm_hook(state)))
+            named = dict(model.named_modules())
+            for name in state.layer_names:
+                handles.append(named[name].register_forward_hook(_capture_hook(state, name)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for m, flag in inplace:
+                m.inplace = flag
+
+
+def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, batchnorm, target):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise TypeError("x must be a floating tensor with a batch dimension, e.g. images (N, C, H, W) in [0, 1]")
+    if not isinstance(epsilon, (int, float)) or epsilon < 0:
+        raise ValueError(f"epsilon must be a number >= 0 (0 gives LRP-0 = Gradient×Input), got {epsilon!r}")
+    if quantity not in _QUANTITIES:
+        raise ValueError(f"quantity must be one of {_QUANTITIES}, got {quantity!r}")
+    if rule not in _RULES:
+        raise ValueError(f"rule must be one of {_RULES}, got {rule!r}")
+    if first_layer not in (None, "zb"):
+        raise ValueError(f"first_layer must be None or 'zb', got {first_layer!r}")
+    if batchnorm not in _BATCHNORM:
+        raise ValueError(f"batchnorm must be one of {_BATCHNORM}, got {batchnorm!r}")
+    if not isinstance(mu, (int, float)) or mu <= 0:
+        raise ValueError(f"mu must be a number > 0 (Faster ISNet uses 0.01), got {mu!r}")
+    if quantity == "eta" and rule != "epsilon":
+        raise ValueError("quantity='eta' is defined for rule='epsilon' (Selective ISNet, Faster ISNet Sec. II-F)")
+    if quantity == "joint" and target is not None:
+        raise ValueError("quantity='joint' explains every logit at once; leave target=None")
+    if isinstance(target, str) and target == "label":
+        raise ValueError("target='label' is not accepted: pass the labels themselves as a LongTensor[N]")
+    if first_layer == "zb":
+        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+            raise ValueError(f"bounds must be a pair (low, high) in pixel space, e.g. (0.0, 1.0), got {bounds!r}")
+    if layers is not None:
+        if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+            raise TypeError("layers must be a list of module names, e.g. ['layer1', 'layer2']")
+        names = dict(model.named_modules())
+        missing = [n for n in layers if n not in names or n == ""]
+        if missing:
+            raise ValueError(f"layers: no module named {missing} in the model; see [n for n, _ in "
+                             "model.named_modules()]")
+    for name, m in model.named_modules():
+        if isinstance(m, UNSUPPORTED_ACTIVATIONS):
+            raise ValueError(f"model.{name} is {type(m).__name__}: LRP-Flex explains ReLU networks only (Faster ISNet, "
+                             "Sec. II-G); replace it by nn.ReLU, or apply output activations outside the model")
+
+
+# --------------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------------
+def lrp_flex(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float = 0.01, create_graph: bool = False,
+             quantity: str = "logit", mu: float = 0.01, rule: str = "epsilon", first_layer: str | None = None,
+             bounds=(0.0, 1.0), layers=None, generator: torch.Generator | None = None, batchnorm: str = "eval",
+             return_logits: bool = False):
+    """LRP heatmaps of any ReLU network by a modified backward pass (LRP-Flex; Faster ISNet, Sec. II-G).
+
+    Chapter 02 derives why this is LRP-ε and checks it against zennit; chapter 03 trains on these heatmaps.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A classifier built from ``nn.ReLU`` modules, taking pixels (its first module may be ``normalize``).
+    x : Tensor[N, C, H, W]
+        Input batch (pixels; any floating dtype matching the model).
+    target : None, int, LongTensor[N] or {'predicted', 'lowest', 'stochastic'}
+        The class to explain per sample (see :func:`xai_robust.attribution.resolve_target`): ``None`` or
+        ``'predicted'`` = highest logit; ``'lowest'`` = lowest logit (Selective ISNet); ``'stochastic'`` =
+        highest logit with probability 0.5, else uniform over the others (Stochastic ISNet, drawn with
+        ``generator``). To explain the labels pass them as a LongTensor. Must be None for ``quantity='joint'``.
+    epsilon : float
+        ε of LRP-ε (Eq. 2; 0.01 in the paper). ``0`` gives LRP-0, i.e. Gradient×Input. Also the stabiliser of
+        the z⁺ (Eq. 4) and z^B denominators.
+    create_graph : bool
+        Keep the graph so the heatmap can be differentiated (heatmap losses, chapter 03).
+    quantity : {'logit', 'eta', 'joint'}
+        What is explained. ``'logit'``: the target logit, relevance seeded with its value (Eq. 3; Eq. 5 for z⁺).
+        ``'eta'``: :math:`\\tilde\\eta_c = \\ln(P_c+\\mu) - \\ln(1-P_c+\\mu)` (Sec. II-G step 3, a bounded Eq. 11
+        with P from Eq. 12); the backward starts from η̃ itself. ``'joint'``: every logit's relevance is its
+        value, :math:`R_k = z_k` (Dual ISNet's joint LRP-ε map; with ``rule='zplus'`` the seed is
+        :math:`R_k = \\sum_j (w_{jk} a_j)^+`, the joint LRP-z⁺ map, Sec. II-F1).
+    mu : float
+        μ of η̃ (0.01 in Sec. II-G).
+    rule : {'epsilon', 'zplus'}
+        ``'epsilon'``: LRP-ε through the modified ReLU gradient. ``'zplus'``: LRP-z⁺ (Eq. 4) at every
+        conv/linear layer, with an eval-mode BatchNorm directly after a layer folded into it; ReLUs then pass
+        relevance unchanged. Without folding, BatchNorm layers are linear maps (LRP-0).
+    first_layer : None or 'zb'
+        ``'zb'``: LRP-z^B at the first conv/linear layer (the paper's default input rule) with ``bounds`` in
+        pixel space. When that layer reads the output of ``model.normalize`` (an elementwise affine map) the
+        bounds are sent through ``normalize`` and the rule is applied to the composite map, so the heatmap is
+        the z^B relevance of the pixels; the ReLU right after the layer passes relevance unchanged.
+    bounds : (low, high)
+        Pixel bounds for z^B: numbers or tensors broadcastable to ``x``.
+    layers : list of str, optional
+        Module names (``model.named_modules()``) whose *output* relevance ``a ⊙ G`` to return as well (LRP deep
+        supervision, Sec. II-H). Name ReLUs or blocks ('layer1'); a module called twice per forward is refused.
+    generator : torch.Generator, optional
+        Randomness for ``target='stochastic'``.
+    batchnorm : {'eval', 'batch'}
+        ``'eval'`` (default): run BatchNorm with running statistics during the explanation, whatever the
+        model's mode, so heatmaps are batch-independent (see the module notes). ``'batch'``: keep modes.
+    return_logits : bool
+        Also return the logits of the explanation forward pass (last element of the result).
+
+    Returns
+    -------
+    Tensor or tuple
+        The heatmap (shape of ``x``); with ``layers``, ``(heatmap, {name: relevance})``; with ``return_logits``
+        the logits are appended.
+
+    Raises
+    ------
+    ValueError
+        For unsupported nonlinearity modules, bad targets or options.
+
+    Notes
+    -----
+    With ε on every ReLU and seed 1 at the target logit, the heatmap equals zennit's LRP with ``Epsilon(ε)``
+    on every layer a ReLU follows, ``Norm()`` on pooling/output/residual branches and BatchNorm merged
+    (tested to 1e-6 in float64, tests/test_lrp.py). Functional ``relu`` calls are invisible (plain gradient).
+    """
+    _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, batchnorm, target)
+    xg = x if (x.requires_grad and create_graph) else x.detach().requires_grad_(True)
+    state = _State(model, xg, rule, first_layer, float(epsilon), bounds, layers)
+    with torch.enable_grad(), _hooked(model, state, batchnorm):
+        logits = model(xg)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise ValueError("lrp_flex expects the model to return logits of shape (N, K)")
+        start, seed = logits, None
+        if quantity == "joint":
+            seed = torch.ones_like(logits)
+        else:
+            t = resolve_target(logits.detach(), target, generator)
+            onehot = F.one_hot(t, logits.shape[1]).to(logits.dtype)
+            if quantity == "logit":
+                seed = onehot
+            else:  # eta (Faster ISNet, Sec. II-G step 3; Eq. 11-12)
+                p = torch.softmax(logits, dim=1).gather(1, t[:, None])
+                start = torch.log(p + mu) - torch.log(1 - p + mu)
+                seed = torch.ones_like(start)
+        if rule == "zplus":  # Eq. 5 / joint z⁺ seed: R_k = sum_j (w_jk a_j)^+ at the output layer
+            zp = next((zr for out, zr in state.zr_of if out is logits), None)
+            if zp is None:
+                raise ValueError("rule='zplus' needs the logits to be the output of an nn.Linear or conv layer")
+            start, seed = zp, seed * zp / _stabilize(zp, state.epsilon)
+        inputs = [xg]
+        if state.bound_leaves is not None:
+            inputs += list(state.bound_leaves)
+        names = list(state.captured)
+        inputs += [state.captured[n] for n in names]
+        missing = [n for n in state.layer_names if n not in state.captured]
+        if missing:
+            raise ValueError(f"layers: modules {missing} did not run in the forward pass")
+        state.switch.active = True
+        try:
+            grads = torch.autograd.grad(start, inputs, grad_outputs=seed, create_graph=create_graph,
+                                        allow_unused=True)
+        finally:
+            state.switch.active = False
+        grads = [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
+        heatmap = xg * grads[0]
+        k = 1
+        if state.bound_leaves is not None:
+            low, high = state.bound_leaves
+            heatmap = heatmap + low * grads[1] + high * grads[2]
+            k = 3
+        relevances = {n: state.captured[n] * g for n, g in zip(names, grads[k:])}
+    if not create_graph:
+        heatmap = heatmap.detach()
+        relevances = {n: r.detach() for n, r in relevances.items()}
+        logits = logits.detach()
+    result = (heatmap,)
+    if layers is not None:
+        result += (relevances,)
+    if return_logits:
+        result += (logits,)
+    return result[0] if len(result) == 1 else result
+
+
+# --------------------------------------------------------------------------------------------------
+# zennit helpers (independent references and rule mixes for the chapters)
+# --------------------------------------------------------------------------------------------------
+def relu_fed_layers(model: nn.Module, x: torch.Tensor, extra_types=()) -> set:
+    """Names of the conv/linear modules (and ``extra_types``) whose output feeds an ``nn.ReLU``.
+
+    Found by tracing one forward pass. A BatchNorm between a layer and its ReLU counts for the layer (as if
+    merged). These are the layers where LRP-Flex applies LRP-ε; every other layer gets LRP-0 (chapter 02).
+    """
+    owner, followed, handles = {}, set(), []
+    inplace = [(m, m.inplace) for m in model.modules() if isinstance(m, nn.ReLU)]
+
+    def layer_hook(name):
+        def hook(module, args, out):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                src = owner.get(id(args[0]))
+                if src is not None:
+                    owner[id(out)] = src
+                return
+            owner[id(out)] = name
+        return hook
+
+    def relu_hook(module, args, out):
+        src = owner.get(id(args[0]))
+        if src is not None:
+            followed.add(src)
+
+    try:
+        for m, _ in inplace:
+            m.inplace = False
+        with restore_model(model):
+            model.eval()
+            for name, m in model.named_modules():
+                if isinstance(m, (*_LAYERS, nn.modules.batchnorm._BatchNorm, *extra_types)):
+                    handles.append(m.register_forward_hook(layer_hook(name)))
+                elif isinstance(m, nn.ReLU):
+                    handles.append(m.register_forward_hook(relu_hook))
+            with torch.no_grad():
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in inplace:
+            m.inplace = flag
+    return followed
+
+
+def epsilon_composite(model: nn.Module, x: torch.Tensor, epsilon: float = 0.01, *, canonizers=None,
+                      first_layer=None):
+    """The zennit composite that computes what :func:`lrp_flex` computes (chapter 02's reference).
+
+    ``Epsilon(ε)`` on every conv/linear (or residual ``Sum``) a ReLU follows, ``Norm()`` (LRP-0) on the other
+    layers, pooling and the output layer, BatchNorm merged by the canonizers (default: zennit's
+    ``ResNetCanonizer``, which also merges conv→BatchNorm pairs of any model in sequential order).
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor
+        A batch to trace which layers feed a ReLU (with the canonizers applied).
+    epsilon : float
+    canonizers : list, optional
+    first_layer : (name, zennit rule), optional
+        A rule for one named module, e.g. ``("conv1", ZBox(low, high))``.
+
+    Returns
+    -------
+    zennit.core.Composite
+    """
+    from zennit.core import Composite
+    from zennit.layer import Sum
+    from zennit.rules import Epsilon, Norm
+    from zennit.torchvision import ResNetCanonizer
+
+    canonizers = [ResNetCanonizer()] if canonizers is None else canonizers
+    tracer = Composite(module_map=lambda ctx, name, module: None, canonizers=canonizers)
+    with tracer.context(model):
+        followed = relu_fed_layers(model, x, extra_types=(Sum,))
+    tiny = 1e-12 if x.dtype == torch.float64 else 1e-30
+
+    def module_map(ctx, name, module):
+        if first_layer is not None and name == first_layer[0]:
+            return first_layer[1]
+        if isinstance(module, (*_LAYERS, Sum)):
+            return Epsilon(epsilon) if name in followed else Norm(tiny)
+        if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+                               nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
+            return Norm(tiny)
+        return None
+
+    return Composite(module_map=module_map, canonizers=canonizers)
+
+
+def captum_lrp(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float = 0.01,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """LRP-ε from captum's ``LRP`` with the same rule placement as :func:`lrp_flex` (chapter 02).
+
+    ``EpsilonRule(ε)`` on the layers a ReLU follows, a (near) zero ε elsewhere (pooling, ``Flatten``, the
+    output layer), ``IdentityRule`` on other modules captum has no rule for (``normalize``), so the result is
+    the relevance at the network input after ``normalize``, as for :func:`zennit_heatmap`. captum refuses
+    weighted or pooling modules that run twice, merges no BatchNorm and has no rule for residual sums written
+    as ``+`` in ``forward`` (the sum passes relevance as a gradient, duplicating it), so on ResNets its map is
+    not LRP-ε; on plain ReLU networks (Conv2Net, VGG) it is. The attributes captum attaches are removed.
+
+    Returns
+    -------
+    Tensor
+        Relevance with the shape of ``x``.
+    """
+    from captum.attr import LRP
+    from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
+    from captum.attr._utils.lrp_rules import EpsilonRule, IdentityRule
+
+    check_images(x)
+    followed = relu_fed_layers(model, x)
+    before = {m: set(vars(m)) for m in model.modules()}
+    tiny = 1e-12 if x.dtype == torch.float64 else 1e-30
+    try:
+        with restore_model(model):
+            model.eval()
+            with torch.no_grad():
+                t = resolve_target(model(x), target, generator)
+            for name, m in model.named_modules():
+                if len(list(m.children())) > 0:
+                    continue
+                if isinstance(m, _LAYERS):
+                    m.rule = EpsilonRule(epsilon if name in followed else tiny)
+                elif type(m) in SUPPORTED_LAYERS_WITH_RULES or isinstance(m, nn.Flatten):
+                    m.rule = EpsilonRule(tiny)  # LRP-0: pooling, and reshaping (relevance moves with its value)
+                elif type(m) not in SUPPORTED_NON_LINEAR_LAYERS:
+                    m.rule = IdentityRule()
+            with torch.enable_grad():
+                relevance = LRP(model).attribute(x.detach().clone().requires_grad_(True), target=t)
+    finally:
+        for m, keys in before.items():
+            for key in set(vars(m)) - keys:
+                delattr(m, key)
+    return relevance.detach()
+
+
+def exmap_composite(gamma: float = 4.0, epsilon: float = 1e-6, canonizers=None):
+    """The zennit composite ExMap uses: ``Epsilon(ε)`` on linear layers, ``Gamma(γ)`` on convolutions.
+
+    ExMap (Chakraborty et al., 2024) computes its heatmaps with zennit, a ResNet canonizer (BatchNorm merged,
+    residual sums made explicit), ε = 1e-6 on dense layers and γ = 4 on all convolutions (chapter 04; chapter
+    02 compares it with LRP-Flex). Pooling and sums get ``Norm()``, activations pass relevance.
+
+    Parameters
+    ----------
+    gamma : float
+        γ of the γ-rule on convolutions.
+    epsilon : float
+        ε on linear layers.
+    canonizers : list, optional
+        zennit canonizers; default ``[ResNetCanonizer()]`` (which also merges BatchNorm in sequential order).
+
+    Returns
+    -------
+    zennit.composites.LayerMapComposite
+    """
+    from zennit.composites import LayerMapComposite
+    from zennit.layer import Sum
+    from zennit.rules import Epsilon, Gamma, Norm, Pass
+    from zennit.torchvision import ResNetCanonizer
+    from zennit.types import Activation, AvgPool, Convolution
+
+    if canonizers is None:
+        canonizers = [ResNetCanonizer()]
+    layer_map = [(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm()), (nn.Linear, Epsilon(epsilon)),
+                 (Convolution, Gamma(gamma))]
+    return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
+
+
+def zennit_heatmap(model: nn.Module, x: torch.Tensor, target=None, composite=None, *,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """LRP heatmap from zennit (Anders et al.) with relevance seeded at the target logit's value.
+
+    The model is evaluated in eval mode (zennit's canonizers merge BatchNorm with running statistics) and
+    left as found. When the model starts with the package's ``normalize`` module (no rule there), zennit's
+    result is the relevance at the network input after ``normalize`` sent back through its gradient; we undo
+    that gradient (multiply by ``normalize.std``) so the map is the relevance at the first layer's input - for
+    z^B/γ first layers this equals the pixel relevance (chapter 02).
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor[N, C, H, W]
+    target : see :func:`xai_robust.attribution.resolve_target`
+    composite : zennit composite, e.g. :func:`exmap_composite` (default ``exmap_composite()``)
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    Tensor
+        Relevance with the shape of ``x``.
+    """
+    from zennit.attribution import Gradient
+
+    check_images(x)
+    if isinstance(target, str) and target == "label":
+        raise ValueError("target='label' is not accepted: pass the labels themselves as a LongTensor[N]")
+    composite = exmap_composite() if composite is None else composite
+    def seed(out):  # relevance starts at the target logit's value (Faster ISNet, Eq. 3)
+        t = resolve_target(out, target, generator)
+        return F.one_hot(t, out.shape[1]).to(out.dtype) * out
+
+    with restore_model(model):
+        model.eval()
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad(), Gradient(model=model, composite=composite) as attributor:
+            _, relevance = attributor(xg, seed)
+    norms = [m for m in _normalizers(model) if isinstance(getattr(m, "std", None), torch.Tensor)]
+    if norms:
+        relevance = relevance * norms[0].std.to(relevance)
+    return relevance.detach()
