@@ -19,7 +19,7 @@ from .. import cache_dir
 
 __all__ = ["SampleDataset", "LazyImages", "cached", "config_hash"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump whenever a generator changes: cached data is keyed by configuration only
 
 
 def config_hash(config: dict) -> str:

@@ -1,0 +1,548 @@
+"""ISNet objectives: original, Selective, Stochastic and Dual ISNet, LRP Deep Supervision (chapter 03).
+
+Faster ISNet (Bassi, Decherchi & Cavalli, 2024; :cite:`bassi2024faster`) trains a classifier whose LRP
+heatmaps put no relevance on the image background, with the loss of Eq. 6
+:math:`L_{IS} = (1-P) L_C + P L_{LRP}` (:mod:`xai_robust.losses`). The variants differ only in which
+heatmaps are made for each training image (§II-B, §II-F):
+
+``"original"``
+    one LRP-ε heatmap per class (cost grows with the number of classes);
+``"selective"``
+    one heatmap explaining :math:`\\tilde\\eta_c = \\ln(P_c+\\mu) - \\ln(1-P_c+\\mu)` of the class with the
+    LOWEST logit (§II-F.2, §II-G);
+``"stochastic"``
+    one LRP-ε heatmap of the highest logit with probability 1/2, otherwise of another class drawn
+    uniformly (§II-F.3; the paper's rule, not the official code's 5/11);
+``"dual"``
+    the joint LRP-ε map (every logit seeded with its value) and the joint LRP-z⁺ map (§II-F.1);
+``"gradxinput"``
+    the *ISNet Softmax Grad*Input* ablation: Gradient×Input of every softmax output (one per class).
+
+:func:`rrr_loss` is the *Right for the Right Reasons* baseline (input-gradient penalty; Ross et al., 2017).
+LRP Deep Supervision (Algorithm 1) penalises the relevance at the inputs of chosen layers too and
+aggregates the layer losses with GWRP (``layers=[...]``).
+
+Heatmaps come from :func:`xai_robust.lrp.lrp_flex`, whose heatmaps do not couple the samples of a batch
+through BatchNorm batch statistics. The classification loss uses a separate, ordinary forward pass:
+LRP-Flex modifies the ReLU backward pass, so its logits must not carry the cross-entropy gradient (§II-G,
+step 1). The *gradxinput* ablation and RRR use ordinary gradients, which in train mode do pass through
+batch statistics (as in the original implementations).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import losses
+from .attribution import check_images, resolve_target, restore_model
+
+__all__ = ["VARIANTS", "isnet_heatmaps", "isnet_loss", "rrr_loss", "estimate_ranges", "fit", "warmup",
+           "stochastic_targets", "step_time"]
+
+VARIANTS = ("original", "selective", "stochastic", "dual", "gradxinput")
+ZPLUS = "zplus:"  # key prefix of the Dual ISNet's LRP-z+ maps
+
+
+def stochastic_targets(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stochastic ISNet's class choice (Faster ISNet §II-F.3): the highest logit with probability 1/2,
+    otherwise one of the other C-1 classes uniformly (probability 1/(2(C-1)) each). Chapter 03.
+
+    Parameters
+    ----------
+    logits : Tensor[N, C]
+    generator : torch.Generator, optional
+        Seeded source of randomness.
+
+    Returns
+    -------
+    LongTensor[N]
+    """
+    return resolve_target(logits.detach(), "stochastic", generator)
+
+
+def _lrp(model, x, target, *, layers, **options):
+    from .lrp import lrp_flex  # imported lazily: the loss pieces work without it
+    out = lrp_flex(model, x, target, create_graph=options.pop("create_graph"), layers=layers or None, **options)
+    if layers:
+        heatmap, inner = out
+        return heatmap, dict(inner)
+    return out, {}
+
+
+def _softmax_gradxinput(model, x):
+    """Gradient×Input of every softmax output, one heatmap per class, differentiable (ablation)."""
+    xg = x.detach().clone().requires_grad_(True)
+    logits = model(xg)
+    probs = logits.softmax(1)
+    maps = []
+    for c in range(logits.shape[1]):  # one backward per class: the ablation shares the original ISNet's O(C) cost
+        (g,) = torch.autograd.grad(probs[:, c].sum(), xg, create_graph=True, retain_graph=True)
+        maps.append(g * xg)
+    return logits, torch.stack(maps, 1)
+
+
+def _batchnorm_eval(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def isnet_heatmaps(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | None = None, *, variant: str,
+                   epsilon: float = 0.01, mu: float = 0.01, first_layer: str | None = None,
+                   layers: list[str] | None = None, generator: torch.Generator | None = None,
+                   create_graph: bool = False, bounds=(0.0, 1.0)) -> dict[str, torch.Tensor]:
+    """The heatmaps an ISNet variant penalises for a batch (Faster ISNet §II-B, §II-F). Chapter 03.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A ReLU classifier taking pixels in [0, 1].
+    x : Tensor[N, C, H, W]
+    logits : Tensor[N, K], optional
+        The model's logits for ``x`` (used to choose the explained classes); computed if omitted.
+    variant : {"original", "selective", "stochastic", "dual", "gradxinput"}
+    epsilon, mu, first_layer, bounds
+        LRP-Flex options (ε of LRP-ε; μ of η̃; ``"zb"`` for the z^B first-layer rule and its bounds).
+    layers : list of str, optional
+        Module names whose *output* relevance is returned too — the relevance at the input of the layer
+        that follows (LRP Deep Supervision, Algorithm 1; name bottlenecks, e.g. ``"pool1"`` or ``"layer2"``).
+    generator : torch.Generator, optional
+        Randomness of the Stochastic ISNet's class choice.
+    create_graph : bool
+        Differentiable heatmaps (training).
+
+    Returns
+    -------
+    dict
+        ``{"input": Tensor[N, K, C, H, W], <layer>: Tensor[N, K, ...]}`` where K is the number of heatmaps
+        per image (classes for "original", 1 for selective/stochastic, 1 per map for dual). The Dual
+        ISNet's z⁺ maps are under ``"zplus:input"`` and ``"zplus:<layer>"``.
+    """
+    check_images(x)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    layers = list(layers or [])
+    if variant == "gradxinput":
+        if layers:
+            raise ValueError("layers (LRP Deep Supervision) needs LRP heatmaps; variant 'gradxinput' has none")
+        with restore_model(model):
+            _batchnorm_eval(model)  # no running-statistics update, no coupling across the batch
+            with torch.enable_grad():
+                _, maps = _softmax_gradxinput(model, x)
+        return {"input": maps if create_graph else maps.detach()}
+    if logits is None:
+        with restore_model(model), torch.no_grad():
+            _batchnorm_eval(model)  # as LRP-Flex does: leave the running statistics alone
+            logits = model(x)
+    n, k = logits.shape
+    opts = dict(epsilon=epsilon, create_graph=create_graph, first_layer=first_layer, bounds=bounds)
+    out: dict[str, torch.Tensor] = {}
+
+    def put(prefix, heatmap, inner, per_image):
+        out[prefix + "input"] = heatmap.reshape(n, per_image, *heatmap.shape[1:])
+        for name, rel in inner.items():
+            out[prefix + name] = rel.reshape(n, per_image, *rel.shape[1:])
+
+    if variant == "original":
+        xr = x.repeat_interleave(k, 0)                                # image i, class c at row i*k + c
+        target = torch.arange(k, device=x.device).repeat(n)
+        put("", *_lrp(model, xr, target, layers=layers, quantity="logit", **opts), k)
+    elif variant == "selective":
+        target = logits.detach().argmin(1)                            # the LOWEST logit (§II-F.2)
+        put("", *_lrp(model, x, target, layers=layers, quantity="eta", mu=mu, **opts), 1)
+    elif variant == "stochastic":
+        target = stochastic_targets(logits, generator)
+        put("", *_lrp(model, x, target, layers=layers, quantity="logit", **opts), 1)
+    else:  # dual
+        put("", *_lrp(model, x, None, layers=layers, quantity="joint", rule="epsilon", **opts), 1)
+        put(ZPLUS, *_lrp(model, x, None, layers=layers, quantity="joint", rule="zplus", **opts), 1)
+    return out
+
+
+def _range_for(ranges, key: str) -> tuple[float, float]:
+    if isinstance(ranges, Mapping):
+        if key in ranges:
+            return tuple(ranges[key])
+        base = key[len(ZPLUS):] if key.startswith(ZPLUS) else None
+        if base is not None and base in ranges and ZPLUS + "input" not in ranges:
+            return tuple(ranges[base])
+        raise ValueError(f"ranges has no (C1, C2) for heatmap {key!r}; keys given: {sorted(ranges)} — "
+                         "estimate them with isnet.estimate_ranges(..., same variant and layers)")
+    if isinstance(ranges, (tuple, list)) and len(ranges) == 2:
+        return float(ranges[0]), float(ranges[1])
+    raise TypeError("ranges must be a (c1, c2) pair or a dict {heatmap key: (c1, c2)} from estimate_ranges")
+
+
+def isnet_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, *, variant: str,
+               P: float, ranges, d: float = 0.9, E: float = 1.0, w1: float = 1.0, w2: float = 1.0,
+               foreground: str = "hybrid", epsilon: float = 0.01, mu: float = 0.01,
+               first_layer: str | None = None, layers: list[str] | None = None, d_layers: float = 0.9,
+               generator: torch.Generator | None = None, empty: str = "raise", bounds=(0.0, 1.0),
+               return_parts: bool = False):
+    """ISNet loss :math:`L_{IS} = (1-P) L_C + P L_{LRP}` for one batch (Faster ISNet Eq. 6-8, Alg. 1). Chapter 03.
+
+    Parameters
+    ----------
+    model : nn.Module
+        ReLU classifier (pixels in [0, 1]); use it in train mode for training.
+    x : Tensor[N, C, H, W]
+    y : LongTensor[N]
+        Labels.
+    masks : Tensor[N, 1, H, W]
+        Foreground masks (1 = foreground).
+    variant : {"original", "selective", "stochastic", "dual", "gradxinput"}
+    P : float
+        Weight of the heatmap loss in [0, 1] (official default 0.7). ``P=0`` skips the heatmaps.
+    ranges : (c1, c2) or dict
+        Foreground ranges (Eq. 9-10): one pair for every heatmap, or ``{key: (c1, c2)}`` with the keys of
+        :func:`isnet_heatmaps` (one per supervised layer and, for dual, per map) — see :func:`estimate_ranges`.
+    d, E, w1, w2, foreground, empty
+        Heatmap-loss settings (:func:`xai_robust.losses.lrp_loss`).
+    epsilon, mu, first_layer, bounds
+        LRP settings (:func:`isnet_heatmaps`).
+    layers : list of str, optional
+        LRP Deep Supervision: also penalise the relevance at these modules' inputs; the per-heatmap
+        losses are aggregated with GWRP of decay ``d_layers`` (Algorithm 1).
+    generator : torch.Generator, optional
+        Stochastic ISNet's class draws.
+    return_parts : bool
+        Also return ``{"ce", "lrp", <key>: loss}`` (detached floats) for logging.
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        The scalar loss and the logits of the ordinary forward pass (for accuracy bookkeeping);
+        plus the parts dict when ``return_parts``.
+    """
+    check_images(x)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    P = float(P)
+    if not 0.0 <= P <= 1.0:
+        raise ValueError(f"P must be in [0, 1], got {P}")
+    if masks is None:
+        raise ValueError("masks is None: the ISNet loss needs foreground masks (1 = foreground) for every image")
+    if variant == "gradxinput":
+        if layers:
+            raise ValueError("layers (LRP Deep Supervision) needs LRP heatmaps; variant 'gradxinput' has none")
+        logits, maps = _softmax_gradxinput(model, x)  # one forward serves the CE and the heatmaps
+        maps = {"input": maps}
+    else:
+        logits = model(x)
+        maps = None
+    ce = F.cross_entropy(logits, y)
+    parts = {"ce": float(ce.detach())}
+    if P == 0.0:
+        loss = ce
+        parts["lrp"] = float("nan")
+    else:
+        if maps is None:
+            maps = isnet_heatmaps(model, x, logits, variant=variant, epsilon=epsilon, mu=mu,
+                                  first_layer=first_layer, layers=layers, generator=generator,
+                                  create_graph=True, bounds=bounds)
+        terms = {}
+        for key, h in maps.items():
+            c1, c2 = _range_for(ranges, key)
+            terms[key] = losses.lrp_loss(h, masks, c1=c1, c2=c2, d=d, E=E, w1=w1, w2=w2,
+                                         foreground=foreground, empty=empty)
+        if layers:
+            lrp_term = losses.deep_supervision(list(terms.values()), d=d_layers)
+        else:
+            lrp_term = torch.stack(list(terms.values())).mean()  # dual: both joint maps, equally
+        loss = losses.is_loss(ce, lrp_term, P)
+        parts["lrp"] = float(lrp_term.detach())
+        parts.update({k: float(v.detach()) for k, v in terms.items()})
+    if return_parts:
+        return loss, logits, parts
+    return loss, logits
+
+
+def rrr_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, *, lam: float = 10.0,
+             return_parts: bool = False):
+    """Right for the Right Reasons (Ross et al., 2017): cross-entropy + input-gradient penalty on the background.
+
+    .. math:: L = L_C + \\lambda \\frac{1}{N} \\sum_n \\sum_d \\Big( A_{nd}\\,
+        \\frac{\\partial}{\\partial x_{nd}} \\sum_k \\log \\hat y_{nk} \\Big)^2
+
+    with :math:`A` = 1 on the background (masks resized to the input). The benchmark of Faster ISNet
+    Table 1; chapter 03.
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        Loss and logits (plus parts when ``return_parts``).
+    """
+    check_images(x)
+    lam = float(lam)
+    if not lam >= 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    if masks is None:
+        raise ValueError("masks is None: RRR needs foreground masks to know the background")
+    xg = x.detach().requires_grad_(True)
+    logits = model(xg)
+    ce = F.cross_entropy(logits, y)
+    (g,) = torch.autograd.grad(logits.log_softmax(1).sum(), xg, create_graph=True)
+    background = 1 - losses.resize_masks(masks, x.shape[-2:]).to(x.dtype)
+    penalty = ((background * g) ** 2).flatten(1).sum(1).mean()
+    loss = ce + lam * penalty
+    if return_parts:
+        return loss, logits, {"ce": float(ce.detach()), "rrr": float(penalty.detach())}
+    return loss, logits
+
+
+def _batches(data, batch_size, *, shuffle=False, generator=None):
+    """Yield (x, y, masks) batches from a SampleDataset-like object or an (x, y, masks) tuple."""
+    if isinstance(data, (tuple, list)):
+        x, y, m = data
+    else:
+        x, y, m = data.images, data.labels, getattr(data, "masks", None)
+    if m is None:
+        raise ValueError("the dataset has no masks: the ISNet needs foreground masks (dataset.masks)")
+    n = x.shape[0]
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        yield x[idx], y[idx], m[idx]
+
+
+def estimate_ranges(model: nn.Module, data, *, variant: str, layers: list[str] | None = None,
+                    batch_size: int = 128, epsilon: float = 0.01, mu: float = 0.01, first_layer=None,
+                    seed: int = 0, progress: bool = True, return_stats: bool = False):
+    """The C1/C2 heuristic (Faster ISNet §II-E, Eq. 9-10): natural relevance ranges of a standard classifier.
+
+    Makes the heatmaps the ISNet variant will penalise for every training sample, with the (trained,
+    non-ISNet) ``model``, and streams each heatmap's total absolute relevance :math:`\\sum_j |H_j|` into a
+    :class:`xai_robust.losses.Welford` accumulator — one per supervised layer (and per map for dual).
+    The paper collects them during one extra training epoch; here the model is frozen (eval mode) while
+    collecting, which is the same once training has settled. Chapter 03.
+
+    Parameters
+    ----------
+    model : nn.Module
+    data : SampleDataset or (images, labels, masks)
+    variant, layers, epsilon, mu, first_layer
+        As in :func:`isnet_loss`.
+    return_stats : bool
+        Also return the Welford accumulators.
+
+    Returns
+    -------
+    dict
+        ``{key: (c1, c2)}`` for :func:`isnet_loss`'s ``ranges``.
+    """
+    from tqdm.auto import tqdm
+    dev = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    stats: dict[str, losses.Welford] = {}
+    n = len(data[0]) if isinstance(data, (tuple, list)) else len(data)
+    with restore_model(model):
+        model.eval()
+        for x, y, m in tqdm(_batches(data, batch_size), total=math.ceil(n / batch_size),
+                            desc="relevance range", leave=False,
+                            disable=not progress or os.environ.get("XAI_ROBUST_PROGRESS", "1") == "0"):
+            x = x.to(dev)
+            maps = isnet_heatmaps(model, x, variant=variant, epsilon=epsilon, mu=mu, first_layer=first_layer,
+                                  layers=layers, generator=gen, create_graph=False)
+            for key, h in maps.items():
+                totals = h.detach().abs().flatten(2).sum(-1)  # (N, K): one total per heatmap
+                stats.setdefault(key, losses.Welford()).update(totals)
+    ranges = {key: w.range() for key, w in stats.items()}
+    return (ranges, stats) if return_stats else ranges
+
+
+def warmup(P: float, fraction: float = 0.1) -> Callable[[float], float]:
+    """A P schedule: 0 → ``P`` linearly over the first ``fraction`` of training, then ``P``. Chapter 03.
+
+    The heatmap loss is large and noisy while the classifier is random; a short ramp lets the
+    classification loss shape the features first (a choice of this book; the paper uses a fixed P).
+    """
+    P = float(P)
+    if not 0 <= P <= 1:
+        raise ValueError(f"P must be in [0, 1], got {P}")
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+
+    def schedule(progress: float) -> float:
+        return P if fraction == 0 or progress >= fraction else P * progress / fraction
+    return schedule
+
+
+def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.7, ranges=None,
+        batch_size: int = 64, optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 0.0,
+        clip_norm: float = 1.0, seed: int = 0, progress: bool = True, cache: bool = True, lam: float = 10.0,
+        **loss_options) -> nn.Module:
+    """Train an ISNet (or the RRR baseline) in place and return it (Faster ISNet §II-B…H, App. E). Chapter 03.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The backbone (trained from its current weights).
+    dataset : SampleDataset or (images, labels, masks)
+        Training data with foreground masks.
+    variant : {"original", "selective", "stochastic", "dual", "gradxinput", "rrr"}
+    epochs : int
+    lr : float
+    P : float or callable
+        Heatmap-loss weight, or a schedule ``P(progress in [0, 1))`` such as :func:`warmup`.
+    ranges : (c1, c2) or dict
+        Foreground ranges (required except for "rrr"); see :func:`estimate_ranges`.
+    optimizer : {"adam", "sgd"}
+        SGD uses ``momentum`` (official code: 0.9-0.99).
+    clip_norm : float
+        Gradient clipping at this norm (official code: 1); 0 disables.
+    cache : bool
+        Reuse a checkpoint of the same configuration from ``xai_robust.cache_dir()/isnet``.
+    lam : float
+        RRR's penalty weight.
+    **loss_options
+        Passed to :func:`isnet_loss` (d, E, w1, w2, epsilon, mu, first_layer, layers, d_layers, ...).
+
+    Returns
+    -------
+    nn.Module
+        The trained model (in eval mode). ``model.isnet_history`` holds per-epoch mean losses.
+    """
+    from tqdm.auto import tqdm
+    from . import cache_dir
+    from .data.base import config_hash
+
+    if variant not in VARIANTS + ("rrr",):
+        raise ValueError(f"variant must be one of {VARIANTS + ('rrr',)}, got {variant!r}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if variant != "rrr" and ranges is None:
+        raise ValueError("ranges is required: estimate (C1, C2) with isnet.estimate_ranges(standard_model, ...)")
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    schedule = P if callable(P) else (lambda progress, _p=float(P): _p)
+    dev = next(model.parameters()).device
+    x_all = dataset[0] if isinstance(dataset, (tuple, list)) else dataset.images
+    n = x_all.shape[0]
+
+    key = None
+    if cache:
+        fingerprint = (dataset.fingerprint() if hasattr(dataset, "fingerprint")
+                       else config_hash({"n": n, "sum": float(x_all.sum())}))
+        init = config_hash({k: float(v.double().sum()) for k, v in model.state_dict().items()})
+        config = dict(variant=variant, epochs=epochs, lr=lr, P=repr(P) if callable(P) else float(P),
+                      ranges=ranges, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
+                      weight_decay=weight_decay, clip_norm=clip_norm, seed=seed, lam=lam, data=fingerprint,
+                      init=init, arch=type(model).__name__, options=loss_options, v=1)
+        if callable(P):
+            config["P_values"] = [round(P(i / 20), 6) for i in range(20)]
+        key = cache_dir() / "isnet" / f"{config_hash(config)}.pt"
+        if key.exists():
+            try:
+                raw = key.read_bytes()
+                digest, blob = raw.split(b"\n", 1)
+                if hashlib.sha256(blob).hexdigest().encode() == digest:  # verified, else retrain
+                    payload = torch.load(io.BytesIO(blob), map_location=dev, weights_only=False)
+                    model.load_state_dict(payload["state"])
+                    model.isnet_history = payload.get("history", [])
+                    return model.eval()
+            except Exception:  # corrupt: retrain
+                pass
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = (torch.optim.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == "adam"
+           else torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay))
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = epochs * steps_per_epoch
+    history = []
+    model.train()
+    quiet = not progress or os.environ.get("XAI_ROBUST_PROGRESS", "1") == "0"
+    bar = tqdm(total=total, desc=f"{variant} ISNet" if variant != "rrr" else "RRR", disable=quiet, leave=False)
+    step = 0
+    for epoch in range(epochs):
+        sums: dict[str, float] = {}
+        for x, y, m in _batches(dataset, batch_size, shuffle=True, generator=gen):
+            x, y, m = x.to(dev), y.to(dev), m.to(dev)
+            if variant == "rrr":
+                loss, logits, parts = rrr_loss(model, x, y, m, lam=lam, return_parts=True)
+            else:
+                loss, logits, parts = isnet_loss(model, x, y, m, variant=variant, P=schedule(step / total),
+                                                 ranges=ranges, generator=gen, return_parts=True, **loss_options)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the {variant} loss became {loss.item()} at step {step}; lower lr or "
+                                         "check the relevance ranges")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_norm:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            opt.step()
+            parts["loss"] = float(loss.detach())
+            parts["acc"] = float((logits.argmax(1) == y).float().mean())
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.3f}", acc=f"{parts['acc']:.2f}", refresh=False)
+        history.append({k: v / steps_per_epoch for k, v in sums.items()})
+    bar.close()
+    model.eval()
+    model.isnet_history = history
+    if key is not None:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save({"state": model.state_dict(), "history": history}, buffer)
+        blob = buffer.getvalue()
+        tmp = key.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(hashlib.sha256(blob).hexdigest().encode() + b"\n" + blob)
+        os.replace(tmp, key)  # atomic
+    return model
+
+
+def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, *, variant: str,
+              repeats: int = 3, warmup_steps: int = 1, seed: int = 0, **loss_options) -> float:
+    """Median wall-clock seconds of one training step (forward, loss, backward, clipped SGD step).
+
+    ``variant="standard"`` is a plain cross-entropy step; the ISNet variants use :func:`isnet_loss` with a
+    fixed range (1, 25) unless ``ranges`` is given. The model is trained in place (it is a timing
+    model). Faster ISNet Fig. 5; chapter 03 and ``benchmarks/isnet_classes.py``.
+    """
+    import statistics
+    import time
+
+    if variant not in VARIANTS + ("standard", "rrr"):
+        raise ValueError(f"variant must be 'standard', 'rrr' or one of {VARIANTS}, got {variant!r}")
+    loss_options.setdefault("ranges", (1.0, 25.0))
+    P = loss_options.pop("P", 0.7)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+
+    def one():
+        if variant == "standard":
+            loss = F.cross_entropy(model(x), y)
+        elif variant == "rrr":
+            loss, _ = rrr_loss(model, x, y, masks)
+        else:
+            loss, _ = isnet_loss(model, x, y, masks, variant=variant, P=P, generator=gen, **loss_options)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    def sync():
+        if x.is_cuda:
+            torch.cuda.synchronize()
+    for _ in range(warmup_steps):
+        one()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        one()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
