@@ -110,7 +110,7 @@ def colored_digits(split: str, *, n: int | None = None, seed: int = 0, size: int
     ----------
     split : {'train', 'val', 'test'}
     n : int, optional
-        Number of samples (default 6000 train, 1000 val/test).
+        Number of samples (default 3000 train, 1000 val/test).
     seed : int
         Dataset seed.
     size : int
@@ -120,7 +120,7 @@ def colored_digits(split: str, *, n: int | None = None, seed: int = 0, size: int
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"colored_digits has splits 'train', 'val', 'test', not {split!r}")
-    n = n or (6000 if split == "train" else 1000)
+    n = n or (3000 if split == "train" else 1000)
     correlation = (0.99 if split == "train" else 0.5) if correlation is None else float(correlation)
     if not 0.0 <= correlation <= 1.0:
         raise ValueError(f"correlation must lie in [0, 1], got {correlation}")
