@@ -1,0 +1,275 @@
+"""Tests of Neuro-Activated Superpixels (xai_robust.nas; NAS Algorithm 1; chapter 07)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.feature_extraction.image import grid_to_graph
+from sklearn.metrics import adjusted_rand_score
+from torch import nn
+
+from xai_robust import nas
+
+torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+class Tiny(nn.Module):
+    """A small conv net with named stages (stride 1, 2, 4 w.r.t. the input) and an inplace ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=True))
+        self.layer1 = nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
+        self.layer2 = nn.Sequential(nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.ReLU(inplace=True))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.layer2(self.layer1(self.stem(x)))).flatten(1))
+
+
+class Planted(nn.Module):
+    """'Activations' = the input's colour channels (1×1 identity conv), so planted colour regions are the truth."""
+
+    def __init__(self):
+        super().__init__()
+        self.feat = nn.Conv2d(3, 3, 1, bias=False)
+        self.down = nn.AvgPool2d(2)
+        with torch.no_grad():
+            self.feat.weight.copy_(torch.eye(3)[:, :, None, None])
+
+    def forward(self, x):
+        return self.down(self.feat(x)).mean((2, 3))
+
+
+def planted_images(n=3, size=32, seed=0):
+    """Images made of 3 rectangular regions of distinct colours plus noise; returns images and region labels."""
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.2, 0.2, 0.9]])
+    images, truth = [], []
+    for _ in range(n):
+        lab = torch.zeros(size, size, dtype=torch.long)
+        r = int(torch.randint(size // 4, size // 2, (1,), generator=g))
+        c = int(torch.randint(size // 4, 3 * size // 4, (1,), generator=g))
+        lab[r:, :c] = 1
+        lab[r:, c:] = 2
+        img = colours[lab].permute(2, 0, 1) + 0.05 * torch.randn(3, size, size, generator=g)
+        images.append(img.clamp(0, 1))
+        truth.append(lab)
+    return torch.stack(images), torch.stack(truth)
+
+
+def snapshot(model):
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()],
+        "inplace": [getattr(m, "inplace", None) for m in model.modules()],
+    }
+
+
+def assert_same(a, b):
+    assert a["training"] == b["training"]
+    assert a["requires_grad"] == b["requires_grad"]
+    assert a["hooks"] == b["hooks"]
+    assert a["inplace"] == b["inplace"]
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k
+
+
+# --------------------------------------------------------------------------------------------- upsampling
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear", "nearest"])
+def test_upsample_matrix_and_norms_match_interpolate(mode):
+    a = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    uy = nas.upsample_matrix(6, 23, mode, dtype=torch.float64)
+    ux = nas.upsample_matrix(7, 19, mode, dtype=torch.float64)
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    up = F.interpolate(a, size=(23, 19), mode=mode, **kw)
+    torch.testing.assert_close(uy @ a @ ux.T, up)
+    torch.testing.assert_close(nas._upsampled_sq_norms(a, uy, ux), (up ** 2).sum(1))
+
+
+# --------------------------------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("weight", [True, False])
+def test_fast_path_equals_direct_given_same_init(normalize, weight):
+    g = torch.Generator().manual_seed(1)
+    acts = [torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64),
+            torch.randn(3, 6, 4, 4, generator=g, dtype=torch.float64).relu(),
+            torch.randn(3, 9, 2, 2, generator=g, dtype=torch.float64)]
+    size = (32, 28)
+    fast = nas._LowRes(acts, size, normalize=normalize, weight_by_channels=weight)
+    dense = nas._features_from_activations(acts, size, normalize=normalize, weight_by_channels=weight)
+    direct = nas._Dense(dense)
+    # every building block is an exact re-ordering
+    torch.testing.assert_close(fast.sq_norm, direct.sq_norm)
+    idx = torch.randint(size[0] * size[1], (3, 5), generator=g)
+    torch.testing.assert_close(fast.gather(idx), direct.gather(idx))
+    centers = torch.randn(3, 5, dense.shape[1], generator=g, dtype=torch.float64)
+    torch.testing.assert_close(fast.dots(centers), direct.dots(centers))
+    onehot = F.one_hot(torch.randint(5, (3, size[0] * size[1]), generator=g), 5).transpose(1, 2).double()
+    torch.testing.assert_close(fast.means(onehot), direct.means(onehot))
+    # hence k-means from the same initial pixels returns the same labels and inertia
+    l_fast, i_fast = nas.kmeans_pixels(fast, 5, init_pixels=idx)
+    l_direct, i_direct = nas.kmeans_pixels(direct, 5, init_pixels=idx)
+    assert torch.equal(l_fast, l_direct)
+    torch.testing.assert_close(i_fast, i_direct)
+    assert len(torch.unique(l_fast)) > 1
+
+
+def test_public_fast_equals_direct_on_a_model():
+    torch.manual_seed(0)
+    model = Tiny().double().eval()
+    x = torch.rand(4, 3, 24, 24, dtype=torch.float64)
+    a = nas.neuro_activated_superpixels(model, x, ["stem", "layer1", "layer2"], 4, seed=3, fast=True)
+    b = nas.neuro_activated_superpixels(model, x, ["stem", "layer1", "layer2"], 4, seed=3, fast=False)
+    assert a.shape == (4, 24, 24) and a.dtype == torch.long
+    assert torch.equal(a, b)
+    assert int(a.max()) <= 3 and int(a.min()) == 0
+
+
+def test_direct_features_follow_algorithm_1():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x = torch.rand(2, 3, 16, 16)
+    feats = nas.nas_features(model, x, ["layer1", "layer2"], size=(20, 20))
+    assert feats.shape == (2, 8 + 12, 20, 20)
+    # each block is unit-norm / (1 + c) per pixel (lines 10-11)
+    torch.testing.assert_close(feats[:, :8].norm(dim=1), torch.full((2, 20, 20), 1 / 9))
+    torch.testing.assert_close(feats[:, 8:].norm(dim=1), torch.full((2, 20, 20), 1 / 13))
+
+
+# --------------------------------------------------------------------------------------------- recovery
+def test_kmeans_recovers_planted_regions_from_low_resolution_activations():
+    # synthetic activations: 3 blocks at 8×8 with distinct prototype vectors plus noise, upsampled to 32×32
+    g = torch.Generator().manual_seed(0)
+    proto = torch.randn(3, 16, generator=g) * 3
+    lab = torch.zeros(8, 8, dtype=torch.long)
+    lab[4:, :4] = 1
+    lab[4:, 4:] = 2
+    a = (proto[lab].permute(2, 0, 1) + 0.3 * torch.randn(16, 8, 8, generator=g))[None].repeat(2, 1, 1, 1)
+    feats = nas._LowRes([a], (32, 32))
+    labels, _ = nas.kmeans_pixels(feats, 3, seed=0, n_init=3)
+    truth = lab.repeat_interleave(4, 0).repeat_interleave(4, 1)
+    for i in range(2):
+        assert adjusted_rand_score(truth.flatten(), labels[i].flatten()) > 0.9
+
+
+def test_nas_recovers_planted_regions_kmeans_and_ward():
+    model = Planted()
+    x, truth = planted_images(3)
+    seg = nas.neuro_activated_superpixels(model, x, ["feat", "down"], 3, seed=0, n_init=2)
+    ward = nas.neuro_activated_superpixels(model, x, ["feat", "down"], 3, method="ward", size=(32, 32))
+    for i in range(3):
+        assert adjusted_rand_score(truth[i].flatten(), seg[i].flatten()) > 0.9
+        assert adjusted_rand_score(truth[i].flatten(), ward[i].flatten()) > 0.9
+
+
+# --------------------------------------------------------------------------------------------- determinism
+def test_kmeans_deterministic_per_seed():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x = torch.rand(3, 3, 24, 24)
+    runs = [nas.neuro_activated_superpixels(model, x, ["stem", "layer2"], 6, seed=s) for s in (0, 0, 1, 2, 3)]
+    assert torch.equal(runs[0], runs[1])
+    # on random noise k-means is unstable: some other seed gives another segmentation
+    assert any(not torch.equal(runs[0], r) for r in runs[2:])
+
+
+def test_ward_deterministic_and_equal_to_sklearn():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x = torch.rand(2, 3, 12, 12)
+    a = nas.neuro_activated_superpixels(model, x, ["layer1", "layer2"], 4, method="ward", seed=0)
+    b = nas.neuro_activated_superpixels(model, x, ["layer1", "layer2"], 4, method="ward", seed=7)
+    assert torch.equal(a, b)
+    feats = nas.nas_features(model, x, ["layer1", "layer2"])
+    for i in range(2):
+        ref = AgglomerativeClustering(4, linkage="ward", connectivity=grid_to_graph(12, 12)).fit_predict(
+            feats[i].reshape(feats.shape[1], -1).T.double().numpy())
+        assert adjusted_rand_score(ref, a[i].flatten().numpy()) == pytest.approx(1.0)
+    c = nas.neuro_activated_superpixels(model, x, ["layer1", "layer2"], 4, method="ward", connectivity=None)
+    assert c.shape == a.shape
+
+
+def test_labels_are_canonical():
+    labels = torch.tensor([[[2, 2, 0], [1, 0, 0]]])
+    assert torch.equal(nas._relabel(labels, 3), torch.tensor([[[0, 0, 1], [2, 1, 1]]]))
+
+
+# --------------------------------------------------------------------------------------------- model untouched
+def test_model_left_untouched_even_when_it_raises():
+    torch.manual_seed(0)
+    model = Tiny().train()
+    model.layer1[0].weight.requires_grad_(False)
+    before = snapshot(model)
+    nas.neuro_activated_superpixels(model, torch.rand(2, 3, 16, 16), ["layer1", "layer2"], 3)
+    assert_same(before, snapshot(model))
+    with pytest.raises(RuntimeError):  # wrong channel count: the forward pass raises after hooks are in place
+        nas.neuro_activated_superpixels(model, torch.rand(2, 4, 16, 16), ["layer1", "layer2"], 3)
+    assert_same(before, snapshot(model))
+
+
+def test_forward_stops_after_last_layer():
+    class Boom(nn.Module):
+        def forward(self, x):
+            raise AssertionError("ran past the last requested layer")
+
+    model = nn.Sequential()
+    model.add_module("conv", nn.Conv2d(3, 4, 3, padding=1))
+    model.add_module("boom", Boom())
+    seg = nas.neuro_activated_superpixels(model, torch.rand(1, 3, 8, 8), ["conv"], 2)
+    assert seg.shape == (1, 8, 8)
+
+
+def test_bad_input_errors():
+    model = Tiny().eval()
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="layers"):
+        nas.neuro_activated_superpixels(model, x, ["layer9"])
+    with pytest.raises(ValueError, match="n_clusters"):
+        nas.neuro_activated_superpixels(model, x, ["layer1"], 0)
+    with pytest.raises(ValueError, match="n_clusters"):
+        nas.neuro_activated_superpixels(model, x, ["layer1"], 10, size=(3, 3))
+    with pytest.raises(ValueError, match="method"):
+        nas.neuro_activated_superpixels(model, x, ["layer1"], method="dbscan")
+    with pytest.raises(ValueError, match="upsample"):
+        nas.neuro_activated_superpixels(model, x, ["layer1"], upsample="lanczos")
+    with pytest.raises(ValueError, match="size"):
+        nas.neuro_activated_superpixels(model, x, ["layer1"], size=(0, 4))
+    with pytest.raises(ValueError, match="shape"):
+        nas.neuro_activated_superpixels(model, x[0], ["layer1"])
+    with pytest.raises(ValueError, match="layers"):
+        nas.neuro_activated_superpixels(model, x, ["fc"])  # not a feature map
+
+
+# --------------------------------------------------------------------------------------------- class-wise
+def test_class_clustering_transfers_to_new_images():
+    model = Planted()
+    x_fit, _ = planted_images(4, seed=0)
+    x_new, truth = planted_images(2, seed=5)
+    cc = nas.class_clusters(model, x_fit, ["feat"], 3, n_pixels=600, seed=0)
+    pred = cc.predict(x_new)
+    assert pred.shape == truth.shape
+    for i in range(2):
+        assert adjusted_rand_score(truth[i].flatten(), pred[i].flatten()) > 0.9
+    # class-cluster ids are shared across images: region 0 gets the same id in both images
+    assert pred[0][truth[0] == 0].mode().values == pred[1][truth[1] == 0].mode().values
+    with pytest.raises(ValueError, match="fit"):
+        nas.ClassClustering(model, ["feat"]).predict(x_new)
+
+
+def test_kmeans_matches_scikit_learn_lloyd_from_the_same_centroids():
+    from sklearn.cluster import KMeans
+
+    g = torch.Generator().manual_seed(4)
+    feats = torch.randn(2, 6, 12, 12, generator=g, dtype=torch.float64)
+    feats[:, :, :6] += 2.0
+    idx = torch.randint(144, (2, 4), generator=g)
+    labels, inertia = nas.kmeans_pixels(feats, 4, init_pixels=idx, tol=0.0, max_iter=300)
+    for i in range(2):
+        pts = feats[i].reshape(6, -1).T.numpy()
+        ref = KMeans(4, init=pts[idx[i].numpy()], n_init=1, algorithm="lloyd", tol=0.0, max_iter=300).fit(pts)
+        assert adjusted_rand_score(ref.labels_, labels[i].flatten().numpy()) == pytest.approx(1.0)
+        assert float(inertia[i]) == pytest.approx(ref.inertia_, rel=1e-9)

@@ -1,0 +1,615 @@
+"""Neuro-Activated Superpixels (NAS): a segmentation of the input read from the classifier's activations.
+
+Chapter 07 ("Neuro-Activated Superpixels") explains the method; the paper is Boubekki, Fadel & Mair,
+*Leveraging Activations for Superpixel Explanations* (NAS, Algorithm 1). For every chosen layer the
+activations are upsampled (bicubic) to the output size, each pixel's feature vector is L2-normalised and
+divided by ``1 + c`` (``c`` = the layer's channels), the layers are concatenated and the pixels are
+clustered with k-means (or Ward's hierarchical clustering, the deterministic option of NAS appendix C).
+
+The fast path never materialises the upsampled features. Write the feature of output pixel ``p`` for
+layer ``l`` as ``x_p = s_p (U a)_p`` with ``U`` the (linear, separable) upsampling operator, ``a`` the
+low-resolution activations and ``s_p`` the per-pixel scale (``1/((1+c)‖(U a)_p‖)``). Then
+
+* the distance term ``x_p·μ = s_p (U (a μ))_p``: project the *low-resolution* activations on the centroid
+  and upsample the K projection maps (K channels instead of c);
+* the centroid ``μ_k = Σ_{p∈k} x_p / n_k = aᵀ Uᵀ (s ⊙ 1_k) / n_k``: apply the adjoint of the upsampling to the
+  K weighted cluster masks, then one (hw × c) product;
+* the norms ``‖(U a)_p‖²`` (needed for ``s_p``) come from the local Gram terms
+  ``⟨a_q, a_{q+δ}⟩`` for the few offsets δ inside the interpolation kernel's support (|δ| ≤ 3 for bicubic).
+
+All three are exact re-orderings of the direct computation (tested in ``tests/test_nas.py``), so k-means
+from the same initial pixels returns the same labels. Ward needs the features themselves and materialises them.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attribution import check_images, restore_model
+
+__all__ = ["neuro_activated_superpixels", "layer_activations", "nas_features", "upsample_matrix",
+           "kmeans_pixels", "ClassClustering", "class_clusters"]
+
+_UPSAMPLE = ("bicubic", "bilinear", "nearest")
+_METHODS = ("kmeans", "ward")
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the deepest requested layer: nothing after it is needed."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# activations
+# ----------------------------------------------------------------------------------------------------
+def _check_layers(model: nn.Module, layers) -> list[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    if not isinstance(layers, (list, tuple)) or len(layers) == 0:
+        raise TypeError("layers must be a non-empty list of module names, e.g. ['layer2', 'layer3', 'layer4']")
+    names = dict(model.named_modules())
+    for name in layers:
+        if not isinstance(name, str) or name not in names or name == "":
+            top = [n for n, _ in model.named_children()]
+            raise ValueError(f"layers: {name!r} is not a module of the model; choose among its named modules, "
+                             f"e.g. the top-level ones {top}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers must not repeat a name, got {list(layers)}")
+    return list(layers)
+
+
+def layer_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
+    """Outputs of the named modules for a batch, read with forward hooks (NAS, Algorithm 1, line 7).
+
+    The model runs in eval mode without gradients and is left exactly as found (hooks removed, train/eval
+    modes and ``requires_grad`` flags restored), even when the forward pass raises. The forward pass stops
+    after the last requested layer has run.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A convolutional classifier taking pixels in [0, 1].
+    x : Tensor[N, C, H, W]
+        Input batch.
+    layers : sequence of str
+        Module names (``dict(model.named_modules())`` keys), e.g. ``["layer2", "layer3", "layer4"]``.
+
+    Returns
+    -------
+    list of Tensor[N, c_l, h_l, w_l]
+        One activation tensor per layer, in the order of ``layers``.
+    """
+    check_images(x)
+    layers = _check_layers(model, layers)
+    modules = dict(model.named_modules())
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(name):
+        def hook(module, inputs, output):
+            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                raise ValueError(f"layers: module {name!r} returns {type(output).__name__} of shape "
+                                 f"{tuple(getattr(output, 'shape', ()))}; NAS needs a (N, c, h, w) feature map")
+            store[name] = output.detach().clone()  # clone: later in-place ops must not change it
+            if len(store) == len(layers):
+                raise _StopForward
+        return hook
+
+    with restore_model(model):
+        try:
+            for name in layers:
+                handles.append(modules[name].register_forward_hook(make_hook(name)))
+            model.eval()
+            with torch.no_grad():
+                try:
+                    model(x)
+                except _StopForward:
+                    pass
+        finally:
+            for h in handles:
+                h.remove()
+    missing = [n for n in layers if n not in store]
+    if missing:
+        raise ValueError(f"layers: modules {missing} never ran in the forward pass; choose modules the model uses")
+    return [store[n] for n in layers]
+
+
+# ----------------------------------------------------------------------------------------------------
+# upsampling as matrices
+# ----------------------------------------------------------------------------------------------------
+def upsample_matrix(n_in: int, n_out: int, mode: str = "bicubic", *, dtype=torch.float32,
+                    device=None) -> torch.Tensor:
+    """The 1-D interpolation matrix ``U`` (n_out × n_in) of ``F.interpolate(..., mode, align_corners=False)``.
+
+    PyTorch's bicubic/bilinear/nearest 2-D interpolation is separable, so the upsampling of a map ``a``
+    is ``U_y a U_xᵀ`` (used by the exact low-resolution k-means of NAS, chapter 07).
+    """
+    if mode not in _UPSAMPLE:
+        raise ValueError(f"upsample must be one of {_UPSAMPLE}, got {mode!r}")
+    eye = torch.eye(n_in, dtype=dtype, device=device).reshape(1, n_in, n_in, 1)
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    out = F.interpolate(eye, size=(n_out, 1), mode=mode, **kw)
+    return out[0, :, :, 0].T.contiguous()
+
+
+def _bandwidth(u: torch.Tensor) -> int:
+    """Largest distance between two non-zero columns in one row of an interpolation matrix."""
+    nz = u != 0
+    idx = torch.arange(u.shape[1], device=u.device).expand_as(u)
+    big = u.shape[1]
+    first = torch.where(nz, idx, torch.full_like(idx, big)).min(1).values
+    last = torch.where(nz, idx, torch.full_like(idx, -1)).max(1).values
+    return int((last - first).clamp_min(0).max())
+
+
+def _upsampled_sq_norms(a: torch.Tensor, uy: torch.Tensor, ux: torch.Tensor) -> torch.Tensor:
+    """Exact ``‖(U a)_p‖²`` for every output pixel without materialising ``U a``.
+
+    ``‖Σ_{y,x} U_y[i,y] U_x[j,x] a[:,y,x]‖² = Σ_{δy,δx} Σ_{y,x} A_δy[i,y] P_{δy,δx}[y,x] B_δx[j,x]`` with the local
+    Gram terms ``P_δ[y,x] = ⟨a[:,y,x], a[:,y+δy,x+δx]⟩``, ``A_δy[i,y] = U_y[i,y] U_y[i,y+δy]`` and the same for x.
+    """
+    n, c, h, w = a.shape
+    by, bx = _bandwidth(uy), _bandwidth(ux)
+    ap = F.pad(a, (bx, bx, by, by))
+    dys, dxs = range(-by, by + 1), range(-bx, bx + 1)
+    gram = torch.stack([torch.stack([(a * ap[:, :, by + dy:by + dy + h, bx + dx:bx + dx + w]).sum(1)
+                                     for dx in dxs], 1) for dy in dys], 1)  # (N, Dy, Dx, h, w)
+    uyp = F.pad(uy, (by, by))  # (H, h + 2by)
+    uxp = F.pad(ux, (bx, bx))
+    A = torch.stack([uy * uyp[:, by + dy:by + dy + h] for dy in dys])  # (Dy, H, h)
+    B = torch.stack([ux * uxp[:, bx + dx:bx + dx + w] for dx in dxs])  # (Dx, W, w)
+    nd, ne = len(dys), len(dxs)
+    q = gram.permute(0, 1, 3, 2, 4).reshape(n, nd * h, ne * w) @ B.permute(0, 2, 1).reshape(ne * w, -1)
+    return A.permute(1, 0, 2).reshape(-1, nd * h) @ q  # (N, H, W)
+
+
+# ----------------------------------------------------------------------------------------------------
+# features: direct (materialised) and implicit (low resolution, exact)
+# ----------------------------------------------------------------------------------------------------
+def _check_options(normalize, weight_by_channels, upsample):
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be True or False, got {normalize!r}")
+    if not isinstance(weight_by_channels, bool):
+        raise TypeError(f"weight_by_channels must be True or False, got {weight_by_channels!r}")
+    if upsample not in _UPSAMPLE:
+        raise ValueError(f"upsample must be one of {_UPSAMPLE}, got {upsample!r}")
+
+
+def _features_from_activations(acts, size, *, normalize=True, weight_by_channels=True, upsample="bicubic",
+                               eps=1e-12) -> torch.Tensor:
+    blocks = []
+    for a in acts:
+        kw = {} if upsample == "nearest" else {"align_corners": False}
+        u = F.interpolate(a, size=size, mode=upsample, **kw)
+        if normalize:
+            u = u / u.norm(dim=1, keepdim=True).clamp_min(eps)
+        if weight_by_channels:
+            u = u / (1 + a.shape[1])
+        blocks.append(u)
+    return torch.cat(blocks, 1)
+
+
+def nas_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, size=None, normalize: bool = True,
+                 weight_by_channels: bool = True, upsample: str = "bicubic") -> torch.Tensor:
+    """The concatenated per-pixel NAS features, materialised (NAS, Algorithm 1, lines 5–14).
+
+    Parameters
+    ----------
+    model, x, layers
+        As in :func:`layer_activations`.
+    size : (int, int), optional
+        Output resolution (H, W); default: that of ``x``.
+    normalize : bool
+        L2-normalise each pixel's feature vector per layer (Algorithm 1, line 10).
+    weight_by_channels : bool
+        Divide each layer's block by ``1 + c`` (Algorithm 1, line 11).
+    upsample : {"bicubic", "bilinear", "nearest"}
+        Interpolation of the activations to ``size`` (the paper: bicubic).
+
+    Returns
+    -------
+    Tensor[N, D, H, W]
+        ``D = Σ_l c_l``.
+    """
+    _check_options(normalize, weight_by_channels, upsample)
+    size = _check_size(size, x)
+    acts = layer_activations(model, x, layers)
+    return _features_from_activations(acts, size, normalize=normalize, weight_by_channels=weight_by_channels,
+                                      upsample=upsample)
+
+
+class _Dense:
+    """Materialised features X (N, P, D): the direct computation."""
+
+    def __init__(self, feats: torch.Tensor):
+        n, d, h, w = feats.shape
+        self.shape = (h, w)
+        self.x = feats.reshape(n, d, h * w).transpose(1, 2)
+        self.sq_norm = (self.x ** 2).sum(-1)
+
+    def dots(self, centers):  # (N, K, D) -> (N, K, P)
+        return centers @ self.x.transpose(1, 2)
+
+    def means(self, onehot):  # (N, K, P) -> (N, K, D) sums
+        return onehot @ self.x
+
+    def gather(self, idx):  # (N, K) -> (N, K, D)
+        return torch.gather(self.x, 1, idx[:, :, None].expand(-1, -1, self.x.shape[2]))
+
+
+class _LowRes:
+    """Implicit features ``x_p = concat_l s_{l,p} (U_l a_l)_p``, every operation exact at low resolution."""
+
+    def __init__(self, acts, size, *, normalize=True, weight_by_channels=True, upsample="bicubic", eps=1e-12):
+        self.shape = tuple(size)
+        H, W = self.shape
+        self.blocks = []
+        sq = 0
+        for a in acts:
+            n, c, h, w = a.shape
+            uy = upsample_matrix(h, H, upsample, dtype=a.dtype, device=a.device)
+            ux = upsample_matrix(w, W, upsample, dtype=a.dtype, device=a.device)
+            wc = 1.0 / (1 + c) if weight_by_channels else 1.0
+            if h == H and w == W and torch.equal(uy, torch.eye(H, dtype=a.dtype, device=a.device)) \
+                    and torch.equal(ux, torch.eye(W, dtype=a.dtype, device=a.device)):
+                uy = ux = None  # same resolution: the upsampling is the identity
+                n2 = (a ** 2).sum(1)
+            else:
+                n2 = _upsampled_sq_norms(a, uy, ux).clamp_min(0)
+            if normalize:
+                s = wc / n2.sqrt().clamp_min(eps)
+            else:
+                s = torch.full_like(n2, wc)
+            sq = sq + s ** 2 * n2
+            self.blocks.append((a, uy, ux, s))
+        self.sq_norm = sq.reshape(sq.shape[0], -1)
+        self.splits = [blk[0].shape[1] for blk in self.blocks]
+
+    def dots(self, centers):
+        out = 0
+        for (a, uy, ux, s), mu in zip(self.blocks, centers.split(self.splits, dim=2)):
+            n, c, h, w = a.shape
+            proj = (mu @ a.reshape(n, c, h * w)).reshape(n, -1, h, w)  # low-resolution projections
+            up = proj if uy is None else uy @ proj @ ux.T
+            out = out + s[:, None] * up
+        return out.flatten(2)
+
+    def means(self, onehot):
+        k = onehot.shape[1]
+        H, W = self.shape
+        m = onehot.reshape(onehot.shape[0], k, H, W)
+        sums = []
+        for a, uy, ux, s in self.blocks:
+            n, c, h, w = a.shape
+            low = s[:, None] * m
+            if uy is not None:
+                low = uy.T @ low @ ux  # adjoint of the upsampling: (N, K, h, w)
+            sums.append(low.reshape(n, k, h * w) @ a.reshape(n, c, h * w).transpose(1, 2))
+        return torch.cat(sums, 2)
+
+    def gather(self, idx):
+        W = self.shape[1]
+        i, j = idx // W, idx % W
+        out = []
+        for a, uy, ux, s in self.blocks:
+            if uy is None:
+                v = torch.gather(a.flatten(2), 2, idx[:, None, :].expand(-1, a.shape[1], -1)).transpose(1, 2)
+            else:
+                v = torch.einsum("nky,nkx,ncyx->nkc", uy[i], ux[j], a)
+            scale = torch.gather(s.flatten(1), 1, idx)
+            out.append(v * scale[:, :, None])
+        return torch.cat(out, 2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# batched k-means
+# ----------------------------------------------------------------------------------------------------
+def _kmeans_pp_init(feats, k, generator):
+    """k-means++ seeding (Arthur & Vassilvitskii, 2007) for every image of the batch at once."""
+    n, p = feats.sq_norm.shape
+    dev = feats.sq_norm.device
+    idx = torch.randint(p, (n, 1), generator=generator).to(dev)
+    chosen = [idx]
+    centers = feats.gather(idx)
+    d2 = (feats.sq_norm - 2 * feats.dots(centers)[:, 0] + (centers ** 2).sum(-1)).clamp_min(0)
+    for _ in range(1, k):
+        total = d2.sum(1, keepdim=True)
+        probs = torch.where(total > 0, d2 / total.clamp_min(1e-300), torch.full_like(d2, 1.0 / p))
+        idx = torch.multinomial(probs.double().cpu(), 1, generator=generator).to(dev)
+        c = feats.gather(idx)
+        d2 = torch.minimum(d2, (feats.sq_norm - 2 * feats.dots(c)[:, 0] + (c ** 2).sum(-1)).clamp_min(0))
+        chosen.append(idx)
+        centers = torch.cat([centers, c], 1)
+    return torch.cat(chosen, 1)
+
+
+def _lloyd(feats, init_idx, max_iter, tol=1e-4):
+    centers = feats.gather(init_idx)
+    labels = None
+    n, k = init_idx.shape
+    p = feats.sq_norm.shape[1]
+    # scikit-learn's tolerance: stop when the centroids move less than tol × the mean per-feature variance
+    ones = torch.ones(n, 1, p, dtype=centers.dtype, device=centers.device)
+    mean = feats.means(ones) / p
+    d = centers.shape[2]
+    threshold = tol * ((feats.sq_norm.mean(1) - (mean[:, 0] ** 2).sum(-1)).clamp_min(0) / d)
+    for _ in range(max_iter):
+        # ‖x_p‖² is the same for every cluster, so the argmin needs only −2 x·μ + ‖μ‖²
+        score = -2 * feats.dots(centers) + (centers ** 2).sum(-1)[:, :, None]
+        new = _argmin_k(score)
+        if labels is not None and torch.equal(new, labels):
+            break
+        labels = new
+        onehot = (labels[:, None, :] == torch.arange(k, device=labels.device)[None, :, None]).to(centers.dtype)
+        counts = onehot.sum(2)
+        sums = feats.means(onehot)
+        new_centers = torch.where(counts[:, :, None] > 0, sums / counts.clamp_min(1)[:, :, None], centers)
+        shift = ((new_centers - centers) ** 2).sum((1, 2))
+        centers = new_centers
+        if bool((shift <= threshold).all()):
+            break
+    score = -2 * feats.dots(centers) + (centers ** 2).sum(-1)[:, :, None]
+    labels = _argmin_k(score)
+    inertia = (feats.sq_norm + torch.gather(score, 1, labels[:, None])[:, 0]).clamp_min(0).sum(1)
+    return labels, inertia
+
+
+def _argmin_k(score: torch.Tensor) -> torch.Tensor:
+    """argmin over the (small) cluster axis 1 of (N, K, P), first index on ties; faster than a strided argmin."""
+    best = score[:, 0].clone()
+    labels = torch.zeros_like(best, dtype=torch.long)
+    for k in range(1, score.shape[1]):
+        better = score[:, k] < best
+        best = torch.where(better, score[:, k], best)
+        labels[better] = k
+    return labels
+
+
+def kmeans_pixels(features, n_clusters: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 50, tol: float = 1e-4,
+                  init_pixels: torch.Tensor | None = None, generator: torch.Generator | None = None):
+    """Batched Lloyd k-means with k-means++ seeding, clustering the pixels of every image in parallel.
+
+    Parameters
+    ----------
+    features : Tensor[N, D, H, W] or the implicit low-resolution features used by NAS
+        Per-pixel features.
+    n_clusters : int
+        K.
+    seed : int
+        Seeds the k-means++ draws (ignored when ``generator`` is given).
+    n_init : int
+        Restarts; the one with the lowest inertia is kept per image.
+    max_iter : int
+        Maximum Lloyd iterations (stops earlier once no label changes or, as in scikit-learn, once every image's
+        centroids move by less than ``tol`` times its mean per-feature variance).
+    tol : float
+        Tolerance of that stopping rule (0: stop only when the labels are stable).
+    init_pixels : LongTensor[N, K], optional
+        Flat pixel indices of the initial centroids (skips k-means++; used to compare fast and direct paths).
+
+    Returns
+    -------
+    labels : LongTensor[N, H, W]
+    inertia : Tensor[N]
+        Sum of squared distances to the assigned centroid.
+    """
+    feats = _Dense(features) if isinstance(features, torch.Tensor) else features
+    H, W = feats.shape
+    p = H * W
+    if not isinstance(n_clusters, (int, np.integer)) or isinstance(n_clusters, bool) or n_clusters < 1:
+        raise ValueError(f"n_clusters must be a positive int, got {n_clusters!r}")
+    if n_clusters > p:
+        raise ValueError(f"n_clusters={n_clusters} is larger than the number of pixels {p}; lower n_clusters "
+                         "or raise size")
+    if generator is None:
+        generator = torch.Generator().manual_seed(int(seed))
+    n = feats.sq_norm.shape[0]
+    if init_pixels is not None:
+        init_pixels = torch.as_tensor(init_pixels, device=feats.sq_norm.device).long()
+        if init_pixels.shape != (n, n_clusters):
+            raise ValueError(f"init_pixels must have shape (N, K) = {(n, n_clusters)}, got {tuple(init_pixels.shape)}")
+        labels, inertia = _lloyd(feats, init_pixels, max_iter, tol)
+        return labels.reshape(n, H, W), inertia
+    best_labels, best_inertia = None, None
+    for _ in range(max(1, int(n_init))):
+        idx = _kmeans_pp_init(feats, n_clusters, generator)
+        labels, inertia = _lloyd(feats, idx, max_iter, tol)
+        if best_labels is None:
+            best_labels, best_inertia = labels, inertia
+        else:
+            better = inertia < best_inertia
+            best_labels = torch.where(better[:, None], labels, best_labels)
+            best_inertia = torch.where(better, inertia, best_inertia)
+    return best_labels.reshape(n, H, W), best_inertia
+
+
+def _relabel(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Renumber clusters by first appearance in raster order (a canonical labelling of a partition)."""
+    n = labels.shape[0]
+    flat = labels.reshape(n, -1)
+    p = flat.shape[1]
+    pos = torch.arange(p, device=flat.device).expand_as(flat)
+    first = torch.full((n, k), p, dtype=torch.long, device=flat.device)
+    first = first.scatter_reduce(1, flat, pos, reduce="amin")
+    order = torch.argsort(first, dim=1, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(k, device=flat.device).expand_as(order))
+    return torch.gather(rank, 1, flat).reshape(labels.shape)
+
+
+def _check_size(size, x):
+    if size is None:
+        return tuple(x.shape[-2:])
+    if isinstance(size, int):
+        size = (size, size)
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size)):
+        raise ValueError(f"size must be None, an int or a pair (H, W) of positive ints, got {size!r}")
+    return tuple(int(s) for s in size)
+
+
+def _ward(feats: torch.Tensor, k: int, connectivity) -> torch.Tensor:
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.feature_extraction.image import grid_to_graph
+
+    n, d, h, w = feats.shape
+    graph = grid_to_graph(h, w) if connectivity == "grid" else None
+    out = []
+    for i in range(n):
+        data = feats[i].reshape(d, -1).T.double().cpu().numpy()
+        labels = AgglomerativeClustering(n_clusters=k, linkage="ward", connectivity=graph).fit_predict(data)
+        out.append(torch.from_numpy(labels).long().reshape(h, w))
+    return torch.stack(out).to(feats.device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the public function
+# ----------------------------------------------------------------------------------------------------
+def neuro_activated_superpixels(model: nn.Module, x: torch.Tensor, layers: Sequence[str], n_clusters: int = 5, *,
+                                size=None, seed: int = 0, method: str = "kmeans", normalize: bool = True,
+                                weight_by_channels: bool = True, upsample: str = "bicubic", n_init: int = 1,
+                                max_iter: int = 50, fast: bool = True, connectivity: str | None = "grid",
+                                batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """Neuro-Activated Superpixels of a batch (NAS, Algorithm 1; chapter 07).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier to explain (left exactly as found).
+    x : Tensor[N, C, H, W]
+        Images, pixels in [0, 1].
+    layers : sequence of str
+        Module names whose outputs are clustered, e.g. ``["layer2", "layer3", "layer4"]`` for a ResNet-18
+        (the paper's depths [2, 3, 4]); chapter 01's ``small_resnet`` has ``layer1..layer3``.
+    n_clusters : int
+        K, the number of clusters (the paper's default: 5). Clusters need not be connected.
+    size : int or (int, int), optional
+        Output resolution; default the input's. Smaller is faster (NAS §3).
+    seed : int
+        Seeds k-means++; the same seed and batch give the same segmentation.
+    method : {"kmeans", "ward"}
+        Batched k-means (default) or Ward's agglomerative clustering (deterministic, NAS appendix C; slow —
+        use a small ``size``).
+    normalize, weight_by_channels, upsample
+        Algorithm 1, lines 8, 10 and 11 (switchable for the ablation of NAS appendix A).
+    n_init, max_iter
+        k-means restarts and iterations.
+    fast : bool
+        Run k-means on the low-resolution activations (exact; default) instead of materialising the
+        upsampled features.
+    connectivity : {"grid", None}
+        Ward only: restrict merges to 4-neighbouring pixels (fast) or none (the plain Ward of the paper).
+    batch_size : int
+        Images clustered in parallel.
+    progress : bool
+        Show a progress bar over batches.
+
+    Returns
+    -------
+    LongTensor[N, H, W]
+        Cluster index per pixel in ``0..K-1``, numbered by first appearance in raster order.
+    """
+    check_images(x)
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if connectivity not in ("grid", None):
+        raise ValueError(f"connectivity must be 'grid' or None, got {connectivity!r}")
+    _check_options(normalize, weight_by_channels, upsample)
+    size = _check_size(size, x)
+    layers = _check_layers(model, layers)
+    if not isinstance(n_clusters, (int, np.integer)) or isinstance(n_clusters, bool) or n_clusters < 1:
+        raise ValueError(f"n_clusters must be a positive int, got {n_clusters!r}")
+    if n_clusters > size[0] * size[1]:
+        raise ValueError(f"n_clusters={n_clusters} exceeds the {size[0] * size[1]} output pixels; lower "
+                         "n_clusters or raise size")
+    generator = torch.Generator().manual_seed(int(seed))
+    starts = range(0, x.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="NAS", leave=False)
+    out = []
+    for start in starts:
+        xb = x[start:start + batch_size]
+        acts = layer_activations(model, xb, layers)
+        opts = dict(normalize=normalize, weight_by_channels=weight_by_channels, upsample=upsample)
+        if method == "ward":
+            labels = _ward(_features_from_activations(acts, size, **opts), n_clusters, connectivity)
+        else:
+            feats = _LowRes(acts, size, **opts) if fast else _Dense(_features_from_activations(acts, size, **opts))
+            labels, _ = kmeans_pixels(feats, n_clusters, n_init=n_init, max_iter=max_iter, generator=generator)
+        out.append(_relabel(labels, n_clusters))
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# class-wise clustering (NAS §4.2.3)
+# ----------------------------------------------------------------------------------------------------
+class ClassClustering:
+    """Ward clustering of one class's pixel features, transferred to new images by k-nearest neighbours.
+
+    NAS §4.2.3 (chapter 07): the activations of all training images of a class are clustered with Ward
+    linkage; a kNN classifier learns that partition so that the pixels of new images get class-cluster labels,
+    which allows a semi-supervised evaluation of saliency methods (NAS Table 1).
+
+    Parameters
+    ----------
+    model, layers, size, normalize, weight_by_channels, upsample
+        As in :func:`neuro_activated_superpixels`.
+    n_clusters : int
+        Number of class clusters (the paper: 10).
+    n_pixels : int
+        Pixels sampled (uniformly over all the images' pixels) for Ward, which is quadratic in memory.
+    n_neighbors : int
+        Neighbours of the kNN classifier.
+    seed : int
+        Seeds the pixel sample.
+    """
+
+    def __init__(self, model: nn.Module, layers, n_clusters: int = 10, *, size=None, n_pixels: int = 3000,
+                 n_neighbors: int = 5, seed: int = 0, normalize: bool = True, weight_by_channels: bool = True,
+                 upsample: str = "bicubic"):
+        _check_options(normalize, weight_by_channels, upsample)
+        self.model = model
+        self.layers = _check_layers(model, layers)
+        self.n_clusters = int(n_clusters)
+        self.size = size
+        self.n_pixels = int(n_pixels)
+        self.n_neighbors = int(n_neighbors)
+        self.seed = int(seed)
+        self.opts = dict(normalize=normalize, weight_by_channels=weight_by_channels, upsample=upsample)
+        self.knn = None
+
+    def _pixels(self, x):
+        f = nas_features(self.model, x, self.layers, size=self.size, **self.opts)
+        n, d, h, w = f.shape
+        return f.permute(0, 2, 3, 1).reshape(-1, d), (n, h, w)
+
+    def fit(self, x: torch.Tensor) -> "ClassClustering":
+        """Cluster the pixels of ``x`` (images of one class) with Ward and fit the kNN labeller."""
+        from sklearn.cluster import AgglomerativeClustering
+        from sklearn.neighbors import KNeighborsClassifier
+
+        feats, _ = self._pixels(x)
+        if self.n_clusters > min(self.n_pixels, feats.shape[0]):
+            raise ValueError(f"n_clusters={self.n_clusters} exceeds the sampled pixels; raise n_pixels")
+        rng = np.random.default_rng(self.seed)
+        take = rng.choice(feats.shape[0], size=min(self.n_pixels, feats.shape[0]), replace=False)
+        sample = feats[torch.from_numpy(take)].double().cpu().numpy()
+        self.sample_labels_ = AgglomerativeClustering(n_clusters=self.n_clusters, linkage="ward").fit_predict(sample)
+        self.knn = KNeighborsClassifier(n_neighbors=self.n_neighbors).fit(sample, self.sample_labels_)
+        return self
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class-cluster label of every pixel of ``x``: LongTensor[N, H, W]."""
+        if self.knn is None:
+            raise ValueError("call fit(images_of_one_class) before predict")
+        feats, (n, h, w) = self._pixels(x)
+        labels = self.knn.predict(feats.double().cpu().numpy())
+        return torch.from_numpy(labels).long().reshape(n, h, w)
+
+
+def class_clusters(model: nn.Module, x: torch.Tensor, layers, n_clusters: int = 10, **kwargs) -> ClassClustering:
+    """Fit a :class:`ClassClustering` on the images ``x`` of one class (NAS §4.2.3; chapter 07)."""
+    return ClassClustering(model, layers, n_clusters, **kwargs).fit(x)
