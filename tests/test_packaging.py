@@ -58,6 +58,7 @@ def test_toc_lists_existing_files_and_every_chapter():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_committed_clean_with_parameters_cell(path):
     nb = json.loads(path.read_text())
+    assert nb["metadata"].get("kernelspec", {}).get("name") == "python3", f"{path.name} needs the python3 kernelspec"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
         f"{path.name} is committed with outputs"
