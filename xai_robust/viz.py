@@ -10,9 +10,22 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["image_grid", "show_heatmaps", "group_accuracy_bars", "to_numpy_image", "heatmap_2d", "HEATMAP_CMAP"]
+__all__ = ["glue", "image_grid", "show_heatmaps", "group_accuracy_bars", "to_numpy_image", "heatmap_2d", "HEATMAP_CMAP"]
 
 HEATMAP_CMAP = "bwr"
+
+
+def glue(name: str, value, display: bool = False):
+    """Store a number for the chapter's prose (``{glue:text}`name:.1f```) via :func:`myst_nb.glue`.
+
+    NumPy and torch scalars are turned into plain Python numbers first: myst-nb formats the value from its
+    text representation, and NumPy 2 writes ``np.float64(0.5)``, which it cannot format.
+    """
+    from myst_nb import glue as _glue
+
+    if isinstance(value, torch.Tensor) or isinstance(value, (np.generic, np.ndarray)):
+        value = value.item()
+    return _glue(name, value, display=display)
 
 
 def to_numpy_image(img) -> np.ndarray:
