@@ -6,7 +6,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export XAI_ROBUST_RESULTS := $(CURDIR)/results
-export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: book test unit chapters claims html html-strict clean

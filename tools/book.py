@@ -29,9 +29,22 @@ def notebooks(selected=None):
     return found
 
 
+def _figures(path: Path) -> int:
+    """Number of image outputs in an executed notebook."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    return sum("image/png" in out.get("data", {}) or "image/svg+xml" in out.get("data", {})
+               for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", []))
+
+
 def execute(selected=None, budget=300.0, kernel="python3"):
+    import os
+
     import papermill
 
+    # a non-interactive MPLBACKEND (e.g. Agg) would stop the kernel's inline backend: no figures in the book
+    os.environ.pop("MPLBACKEND", None)
     EXECUTED.mkdir(parents=True, exist_ok=True)
     times, failed = {}, []
     for nb in notebooks(selected):
@@ -45,6 +58,9 @@ def execute(selected=None, budget=300.0, kernel="python3"):
             failed.append(nb.name)
             print(f"[book] FAILED {nb.name}: {type(exc).__name__}: {str(exc)[-3000:]}", flush=True)
         times[nb.name] = time.time() - start
+        if nb.name not in failed and _figures(EXECUTED / nb.name) == 0:
+            failed.append(nb.name)
+            print(f"[book] FAILED {nb.name}: the executed chapter shows no figure", flush=True)
         print(f"[book] {nb.name}: {times[nb.name]:.0f} s", flush=True)
     print("[book] chapter wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     slow = [k for k, v in times.items() if v > budget]
