@@ -30,8 +30,6 @@ batch statistics (as in the original implementations).
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import math
 import os
 from typing import Callable, Mapping
@@ -411,7 +409,7 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
     """
     from tqdm.auto import tqdm
     from . import cache_dir
-    from .data.base import config_hash
+    from .cache import config_hash, load_verified, save_verified, state_digest
 
     if variant not in VARIANTS + ("rrr",):
         raise ValueError(f"variant must be one of {VARIANTS + ('rrr',)}, got {variant!r}")
@@ -430,7 +428,7 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
     if cache:
         fingerprint = (dataset.fingerprint() if hasattr(dataset, "fingerprint")
                        else config_hash({"n": n, "sum": float(x_all.sum())}))
-        init = config_hash({k: float(v.double().sum()) for k, v in model.state_dict().items()})
+        init = state_digest(model)
         config = dict(variant=variant, epochs=epochs, lr=lr, P=repr(P) if callable(P) else float(P),
                       ranges=ranges, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
                       weight_decay=weight_decay, clip_norm=clip_norm, seed=seed, lam=lam, data=fingerprint,
@@ -438,17 +436,11 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
         if callable(P):
             config["P_values"] = [round(P(i / 20), 6) for i in range(20)]
         key = cache_dir() / "isnet" / f"{config_hash(config)}.pt"
-        if key.exists():
-            try:
-                raw = key.read_bytes()
-                digest, blob = raw.split(b"\n", 1)
-                if hashlib.sha256(blob).hexdigest().encode() == digest:  # verified, else retrain
-                    payload = torch.load(io.BytesIO(blob), map_location=dev, weights_only=False)
-                    model.load_state_dict(payload["state"])
-                    model.isnet_history = payload.get("history", [])
-                    return model.eval()
-            except Exception:  # corrupt: retrain
-                pass
+        payload = load_verified(key, map_location=dev)
+        if payload is not None:  # verified, else retrain
+            model.load_state_dict(payload["state"])
+            model.isnet_history = payload.get("history", [])
+            return model.eval()
 
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -491,13 +483,7 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
     model.eval()
     model.isnet_history = history
     if key is not None:
-        key.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save({"state": model.state_dict(), "history": history}, buffer)
-        blob = buffer.getvalue()
-        tmp = key.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(hashlib.sha256(blob).hexdigest().encode() + b"\n" + blob)
-        os.replace(tmp, key)  # atomic
+        save_verified({"state": model.state_dict(), "history": history}, key)
     return model
 
 

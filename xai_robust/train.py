@@ -8,7 +8,6 @@ trains per dataset; later chapters call it and get the same network from the cac
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from typing import Callable
 
@@ -17,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cache_dir, device as default_device, seed_everything
-from .data.base import SampleDataset, config_hash
+from .cache import config_hash, load_verified, save_verified, state_digest
+from .data.base import SampleDataset
 from .metrics.groups import group_accuracies, mean_accuracy, worst_group_accuracy
 
 __all__ = ["fit", "predict", "evaluate", "embed", "erm", "progress", "state_digest"]
@@ -32,15 +32,6 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
-def state_digest(model: nn.Module) -> str:
-    """SHA-256 of a model's state dict (parameters and buffers)."""
-    h = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _batches(n, batch_size, generator, weights=None):
     if weights is None:
         order = torch.randperm(n, generator=generator)
@@ -53,27 +44,6 @@ def _checkpoint_path(key: str):
     folder = cache_dir() / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{key}.pt"
-
-
-def _save_checkpoint(model, path):
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    data = buffer.getvalue()
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(model, path) -> bool:
-    try:
-        raw = path.read_bytes()
-        digest, data = raw.split(b"\n", 1)
-        if hashlib.sha256(data).hexdigest().encode() != digest:
-            return False
-        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu"))
-        return True
-    except Exception:
-        return False
 
 
 def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e-3, batch_size: int = 128,
@@ -123,7 +93,9 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
                                sample_weights.numpy().tobytes()).hexdigest(),
                            loss=None if loss_fn is None else getattr(loss_fn, "__name__", repr(loss_fn))))
     path = _checkpoint_path(key)
-    if cache and path.exists() and _load_checkpoint(model, path):
+    state = load_verified(path) if cache else None
+    if state is not None:
+        model.load_state_dict(state)
         return model.to(device).eval()
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -158,7 +130,7 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
         bar.set_postfix(postfix)
     model.eval()
     if cache:
-        _save_checkpoint(model, path)
+        save_verified(model.state_dict(), path)
     return model
 
 

@@ -16,16 +16,11 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import cache_dir
+from ..cache import config_hash
 
 __all__ = ["SampleDataset", "LazyImages", "cached", "config_hash"]
 
 CACHE_VERSION = 2  # bump whenever a generator changes: cached data is keyed by configuration only
-
-
-def config_hash(config: dict) -> str:
-    """Stable short hash of a JSON-serialisable configuration."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _digest(tensors: dict) -> str:
