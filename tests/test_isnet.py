@@ -162,6 +162,48 @@ def test_isnet_loss_is_eq6(variant):
     assert p0.item() == pytest.approx(ce.item())
 
 
+@pytest.mark.parametrize("bn", [False, True])
+@pytest.mark.parametrize("variant", ["original", "selective", "stochastic", "dual"])
+def test_isnet_loss_shares_the_training_forward_pass(bn, variant):
+    # LRP-Flex explains the training forward pass itself (Faster ISNet §II-G): one forward per step by default,
+    # a second one only for batchnorm="eval" with training-mode BatchNorm
+    lrp_module()
+    x, y, m = batch()
+    expected = {"frozen": 1, "batch": 1, "eval": 2 if bn else 1}
+    if variant == "original":  # plus the no-grad pass that reads the number of classes
+        expected = {k: v + 1 for k, v in expected.items()}
+    if variant == "dual":      # plus the forward pass of the z⁺ map
+        expected = {k: v + 1 for k, v in expected.items()}
+    for mode, n_expected in expected.items():
+        model = tiny_cnn(bn=bn).double().train()
+        if variant == "dual" and bn and mode == "batch":  # z⁺ folds BatchNorm: it needs constant statistics
+            with pytest.raises(ValueError, match="frozen"):
+                isnet.isnet_loss(model, x.double(), y, m.double(), variant=variant, P=0.5, ranges=(1.0, 4.0),
+                                 batchnorm=mode)
+            continue
+        calls = []
+        model.register_forward_pre_hook(lambda mod, args: calls.append(1))
+        loss, logits = isnet.isnet_loss(model, x.double(), y, m.double(), variant=variant, P=0.5,
+                                        ranges=(1.0, 4.0), batchnorm=mode, generator=torch.Generator().manual_seed(0))
+        assert len(calls) == n_expected, (mode, len(calls))
+        with torch.no_grad():
+            reference = tiny_cnn(bn=bn).double().train()(x.double())  # fresh copy: the same training forward
+        assert torch.allclose(logits, reference, rtol=1e-10)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_isnet_loss_frozen_updates_running_statistics_once():
+    lrp_module()
+    x, y, m = batch()
+    model, plain = tiny_cnn(bn=True).train(), tiny_cnn(bn=True).train()
+    isnet.isnet_loss(model, x, y, m, variant="selective", P=0.5, ranges=(1.0, 4.0))
+    with torch.no_grad():
+        plain(x)  # one ordinary training forward
+    assert torch.allclose(model[1].running_mean, plain[1].running_mean)
+    assert torch.allclose(model[1].running_var, plain[1].running_var)
+
+
 def test_isnet_loss_gradients_finite_with_full_and_zero_cases():
     lrp_module()
     model = tiny_cnn()

@@ -4,6 +4,7 @@ Float64, random weights, small inputs so the whole file runs in seconds.
 """
 from __future__ import annotations
 
+import copy
 import pytest
 import torch
 import torch.nn.functional as F
@@ -399,6 +400,73 @@ def test_batchnorm_train_mode_heatmaps_are_batch_independent():
     assert model.training and model[1].training
     coupled = lrp_flex(model, x, torch.tensor([0, 1, 2, 3]), batchnorm="batch")
     assert not torch.allclose(coupled[:1], alone)  # the official behaviour couples samples
+
+
+def _eval_copy_with_batch_stats(model, x):
+    """An eval-mode copy of ``model`` whose running statistics are the batch statistics of ``x``."""
+    ref = copy.deepcopy(model).train()
+    stats, handles = {}, []
+    for name, m in ref.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            handles.append(m.register_forward_hook(
+                lambda mod, args, out, name=name: stats.__setitem__(
+                    name, (args[0].mean((0, 2, 3)).detach(), args[0].var((0, 2, 3), unbiased=False).detach()))))
+    with torch.no_grad():
+        ref(x)
+    for h in handles:
+        h.remove()
+    for name, m in ref.named_modules():
+        if name in stats:
+            m.running_mean.copy_(stats[name][0])
+            m.running_var.copy_(stats[name][1])
+    return ref.eval()
+
+
+@pytest.mark.parametrize("options", [dict(), dict(quantity="eta"), dict(rule="zplus", quantity="joint"),
+                                     dict(first_layer="zb")])
+def test_frozen_batchnorm_is_eval_mode_with_the_batch_statistics(options):
+    model = _seq(normalize=True)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(2))
+            m.bias.data.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(3))
+    model.train()
+    x = _x(5)
+    target = None if options.get("quantity") == "joint" else torch.tensor([0, 1, 2, 3, 0])
+    ref = _eval_copy_with_batch_stats(model, x)
+    heat, logits = lrp_flex(model, x, target, batchnorm="frozen", return_logits=True, **options)
+    assert torch.allclose(heat, lrp_flex(ref, x, target, **options), rtol=1e-9, atol=1e-13)
+    with torch.no_grad():
+        assert torch.allclose(logits, copy.deepcopy(model).train()(x), rtol=1e-12)  # the training forward
+    assert model.training and model[2].training
+
+
+def test_frozen_batchnorm_keeps_relevance_inside_each_sample():
+    # changing what the OTHER samples explain changes sample 0's heatmap only when relevance crosses the batch
+    model = _seq().train()
+    x = _x(4)
+    a = lrp_flex(model, x, torch.tensor([0, 1, 2, 3]), batchnorm="frozen")
+    b = lrp_flex(model, x, torch.tensor([0, 3, 3, 1]), batchnorm="frozen")
+    assert torch.allclose(a[:1], b[:1], rtol=1e-12, atol=1e-15)
+    a = lrp_flex(model, x, torch.tensor([0, 1, 2, 3]), batchnorm="batch")
+    b = lrp_flex(model, x, torch.tensor([0, 3, 3, 1]), batchnorm="batch")
+    assert not torch.allclose(a[:1], b[:1])
+
+
+def test_frozen_batchnorm_heatmap_gradient_matches_finite_differences():
+    # the statistics are constants for the relevance, not for the training gradient: d(loss)/d(params) is exact
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 9, 3),
+                          nn.ReLU(), nn.Linear(3, 2)).double().train()
+    x = torch.rand(3, 1, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in model.parameters())
+    target = torch.tensor([0, 1, 1])
+
+    def loss(*ps):
+        return (_heat(model, names, ps, x, target, dict(batchnorm="frozen")) ** 2).sum()
+
+    assert torch.autograd.gradcheck(loss, params, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
 class _Boom(nn.Module):

@@ -22,11 +22,14 @@ heatmaps are made for each training image (§II-B, §II-F):
 LRP Deep Supervision (Algorithm 1) penalises the relevance at the inputs of chosen layers too and
 aggregates the layer losses with GWRP (``layers=[...]``).
 
-Heatmaps come from :func:`xai_robust.lrp.lrp_flex`, whose heatmaps do not couple the samples of a batch
-through BatchNorm batch statistics. The classification loss uses a separate, ordinary forward pass:
-LRP-Flex modifies the ReLU backward pass, so its logits must not carry the cross-entropy gradient (§II-G,
-step 1). The *gradxinput* ablation and RRR use ordinary gradients, which in train mode do pass through
-batch statistics (as in the original implementations).
+Heatmaps come from :func:`xai_robust.lrp.lrp_flex`. As in the paper, one forward pass per step serves both
+terms: LRP-Flex modifies only the backward pass that makes the heatmap, and its modified rules are switched
+off for every other backward (§II-G, step 1), so the cross-entropy on the same logits gets its ordinary
+gradient. A training-mode BatchNorm normalises with batch statistics; by default (``batchnorm="frozen"``) the
+explanation holds them constant, so no image's relevance flows through another image, while the gradient of
+the heatmap loss stays exact (``tests/test_lrp.py``). ``batchnorm="eval"`` makes heatmaps fully independent
+of the batch with a second forward pass. The *gradxinput* ablation and RRR use ordinary gradients, which in
+train mode do pass through batch statistics (as in the original implementations).
 """
 from __future__ import annotations
 
@@ -66,12 +69,15 @@ def stochastic_targets(logits: torch.Tensor, generator: torch.Generator | None =
 
 
 def _lrp(model, x, target, *, layers, **options):
+    """LRP-Flex heatmap, inner relevances and the logits of its forward pass."""
     from .lrp import lrp_flex  # imported lazily: the loss pieces work without it
-    out = lrp_flex(model, x, target, create_graph=options.pop("create_graph"), layers=layers or None, **options)
+    out = lrp_flex(model, x, target, create_graph=options.pop("create_graph"), layers=layers or None,
+                   return_logits=True, **options)
     if layers:
-        heatmap, inner = out
-        return heatmap, dict(inner)
-    return out, {}
+        heatmap, inner, logits = out
+        return heatmap, dict(inner), logits
+    heatmap, logits = out
+    return heatmap, {}, logits
 
 
 def _softmax_gradxinput(model, x):
@@ -95,7 +101,8 @@ def _batchnorm_eval(model: nn.Module) -> None:
 def isnet_heatmaps(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | None = None, *, variant: str,
                    epsilon: float = 0.01, mu: float = 0.01, first_layer: str | None = None,
                    layers: list[str] | None = None, generator: torch.Generator | None = None,
-                   create_graph: bool = False, bounds=(0.0, 1.0)) -> dict[str, torch.Tensor]:
+                   create_graph: bool = False, bounds=(0.0, 1.0), batchnorm: str = "eval",
+                   return_logits: bool = False):
     """The heatmaps an ISNet variant penalises for a batch (Faster ISNet §II-B, §II-F). Chapter 03.
 
     Parameters
@@ -104,7 +111,8 @@ def isnet_heatmaps(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | Non
         A ReLU classifier taking pixels in [0, 1].
     x : Tensor[N, C, H, W]
     logits : Tensor[N, K], optional
-        The model's logits for ``x`` (used to choose the explained classes); computed if omitted.
+        Logits that choose the explained classes; by default the explanation's own forward pass chooses them
+        (one forward pass serves both).
     variant : {"original", "selective", "stochastic", "dual", "gradxinput"}
     epsilon, mu, first_layer, bounds
         LRP-Flex options (ε of LRP-ε; μ of η̃; ``"zb"`` for the z^B first-layer rule and its bounds).
@@ -115,13 +123,18 @@ def isnet_heatmaps(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | Non
         Randomness of the Stochastic ISNet's class choice.
     create_graph : bool
         Differentiable heatmaps (training).
+    batchnorm : {"eval", "batch", "frozen"}
+        BatchNorm during the explanation (:func:`xai_robust.lrp.lrp_flex`); :func:`isnet_loss` uses "frozen".
+    return_logits : bool
+        Also return the logits of the (first) explanation forward pass, one row per image.
 
     Returns
     -------
     dict
         ``{"input": Tensor[N, K, C, H, W], <layer>: Tensor[N, K, ...]}`` where K is the number of heatmaps
         per image (classes for "original", 1 for selective/stochastic, 1 per map for dual). The Dual
-        ISNet's z⁺ maps are under ``"zplus:input"`` and ``"zplus:<layer>"``.
+        ISNet's z⁺ maps are under ``"zplus:input"`` and ``"zplus:<layer>"``. With ``return_logits``, the
+        pair ``(maps, logits)``.
     """
     check_images(x)
     if variant not in VARIANTS:
@@ -133,35 +146,40 @@ def isnet_heatmaps(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | Non
         with restore_model(model):
             _batchnorm_eval(model)  # no running-statistics update, no coupling across the batch
             with torch.enable_grad():
-                _, maps = _softmax_gradxinput(model, x)
-        return {"input": maps if create_graph else maps.detach()}
-    if logits is None:
-        with restore_model(model), torch.no_grad():
-            _batchnorm_eval(model)  # as LRP-Flex does: leave the running statistics alone
-            logits = model(x)
-    n, k = logits.shape
-    opts = dict(epsilon=epsilon, create_graph=create_graph, first_layer=first_layer, bounds=bounds)
+                logits_g, maps = _softmax_gradxinput(model, x)
+        maps = {"input": maps if create_graph else maps.detach()}
+        return (maps, logits_g if create_graph else logits_g.detach()) if return_logits else maps
+    n = x.shape[0]
+    opts = dict(epsilon=epsilon, create_graph=create_graph, first_layer=first_layer, bounds=bounds,
+                batchnorm=batchnorm)
     out: dict[str, torch.Tensor] = {}
 
-    def put(prefix, heatmap, inner, per_image):
+    def put(prefix, heatmap, inner, fwd_logits, per_image):
         out[prefix + "input"] = heatmap.reshape(n, per_image, *heatmap.shape[1:])
         for name, rel in inner.items():
             out[prefix + name] = rel.reshape(n, per_image, *rel.shape[1:])
+        return fwd_logits
 
     if variant == "original":
+        if logits is None:
+            with restore_model(model), torch.no_grad():
+                _batchnorm_eval(model)  # only the number of classes is needed; leave the running statistics alone
+                logits = model(x)
+        k = logits.shape[1]
         xr = x.repeat_interleave(k, 0)                                # image i, class c at row i*k + c
         target = torch.arange(k, device=x.device).repeat(n)
-        put("", *_lrp(model, xr, target, layers=layers, quantity="logit", **opts), k)
+        # each image repeated k times: a training-mode BatchNorm sees the same batch mean and variance
+        fwd = put("", *_lrp(model, xr, target, layers=layers, quantity="logit", **opts), k)[::k]
     elif variant == "selective":
-        target = logits.detach().argmin(1)                            # the LOWEST logit (§II-F.2)
-        put("", *_lrp(model, x, target, layers=layers, quantity="eta", mu=mu, **opts), 1)
+        target = "lowest" if logits is None else logits.detach().argmin(1)  # the LOWEST logit (§II-F.2)
+        fwd = put("", *_lrp(model, x, target, layers=layers, quantity="eta", mu=mu, **opts), 1)
     elif variant == "stochastic":
-        target = stochastic_targets(logits, generator)
-        put("", *_lrp(model, x, target, layers=layers, quantity="logit", **opts), 1)
+        target = stochastic_targets(logits, generator) if logits is not None else "stochastic"
+        fwd = put("", *_lrp(model, x, target, layers=layers, quantity="logit", generator=generator, **opts), 1)
     else:  # dual
-        put("", *_lrp(model, x, None, layers=layers, quantity="joint", rule="epsilon", **opts), 1)
+        fwd = put("", *_lrp(model, x, None, layers=layers, quantity="joint", rule="epsilon", **opts), 1)
         put(ZPLUS, *_lrp(model, x, None, layers=layers, quantity="joint", rule="zplus", **opts), 1)
-    return out
+    return (out, fwd) if return_logits else out
 
 
 def _range_for(ranges, key: str) -> tuple[float, float]:
@@ -183,8 +201,12 @@ def isnet_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.
                foreground: str = "hybrid", epsilon: float = 0.01, mu: float = 0.01,
                first_layer: str | None = None, layers: list[str] | None = None, d_layers: float = 0.9,
                generator: torch.Generator | None = None, empty: str = "raise", bounds=(0.0, 1.0),
-               return_parts: bool = False):
+               batchnorm: str = "frozen", return_parts: bool = False):
     """ISNet loss :math:`L_{IS} = (1-P) L_C + P L_{LRP}` for one batch (Faster ISNet Eq. 6-8, Alg. 1). Chapter 03.
+
+    One forward pass serves the classification loss and the heatmaps (the paper's LRP-Flex: the heatmap is a
+    modified backward pass of the training forward), unless ``batchnorm="eval"`` must run BatchNorm layers that
+    are in training mode with running statistics: then the heatmaps take a second forward pass.
 
     Parameters
     ----------
@@ -210,6 +232,15 @@ def isnet_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.
         losses are aggregated with GWRP of decay ``d_layers`` (Algorithm 1).
     generator : torch.Generator, optional
         Stochastic ISNet's class draws.
+    batchnorm : {"frozen", "eval", "batch"}
+        BatchNorm in the heatmaps of a model in training mode. ``"frozen"`` (default): the training forward
+        pass (batch statistics) is shared with the classification loss, and the explanation treats each
+        BatchNorm as the affine map with the batch mean and variance held constant, so no image's relevance flows
+        through another image (its heatmap is that of the eval-mode network whose running statistics are the
+        batch's); like the logits themselves, the heatmaps still depend on the batch through those two numbers
+        per channel. ``"eval"``: a second forward pass with running statistics — heatmaps fully independent of
+        the batch, at the cost of that pass (and early in training the running statistics lag behind the
+        weights). ``"batch"``: the official code — relevance flows through the batch statistics, across images.
     return_parts : bool
         Also return ``{"ce", "lrp", <key>: loss}`` (detached floats) for logging.
 
@@ -232,19 +263,21 @@ def isnet_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.
             raise ValueError("layers (LRP Deep Supervision) needs LRP heatmaps; variant 'gradxinput' has none")
         logits, maps = _softmax_gradxinput(model, x)  # one forward serves the CE and the heatmaps
         maps = {"input": maps}
+    elif P == 0.0:
+        logits, maps = model(x), None
     else:
-        logits = model(x)
-        maps = None
+        has_train_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+        shared = batchnorm != "eval" or not has_train_bn  # without training-mode BatchNorm "eval" changes nothing
+        maps, fwd = isnet_heatmaps(model, x, variant=variant, epsilon=epsilon, mu=mu, first_layer=first_layer,
+                                   layers=layers, generator=generator, create_graph=True, bounds=bounds,
+                                   batchnorm=batchnorm, return_logits=True)
+        logits = fwd if shared else model(x)
     ce = F.cross_entropy(logits, y)
     parts = {"ce": float(ce.detach())}
     if P == 0.0:
         loss = ce
         parts["lrp"] = float("nan")
     else:
-        if maps is None:
-            maps = isnet_heatmaps(model, x, logits, variant=variant, epsilon=epsilon, mu=mu,
-                                  first_layer=first_layer, layers=layers, generator=generator,
-                                  create_graph=True, bounds=bounds)
         terms = {}
         for key, h in maps.items():
             c1, c2 = _range_for(ranges, key)
@@ -432,7 +465,7 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
         config = dict(variant=variant, epochs=epochs, lr=lr, P=repr(P) if callable(P) else float(P),
                       ranges=ranges, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
                       weight_decay=weight_decay, clip_norm=clip_norm, seed=seed, lam=lam, data=fingerprint,
-                      init=init, arch=type(model).__name__, options=loss_options, v=1)
+                      init=init, arch=type(model).__name__, options=loss_options, v=2)
         if callable(P):
             config["P_values"] = [round(P(i / 20), 6) for i in range(20)]
         key = cache_dir() / "isnet" / f"{config_hash(config)}.pt"

@@ -40,8 +40,14 @@ would depend on (and backpropagate into) the other samples of the batch - the of
 By default (``batchnorm="eval"``) the explanation forward runs every BatchNorm layer in eval mode (running
 statistics), even when the model is in training mode: heatmaps are then batch-independent, the running
 statistics are not updated by the explanation pass, and gradients through the heatmap still reach the
-BatchNorm affine parameters. This is the training-mode option for the ISNets. ``batchnorm="batch"``
-keeps the model's own modes (the official code's behaviour).
+BatchNorm affine parameters. ``batchnorm="batch"`` keeps the model's own modes (the official code's
+behaviour: in training mode the heatmap backpropagates through the batch statistics, across samples).
+``batchnorm="frozen"`` (the ISNets' training default) keeps the model's modes for the forward pass - the logits
+are the training logits, so the classification loss can share the forward pass - but the explanation treats
+a training-mode BatchNorm as the affine map with the batch's mean and variance held constant: no sample's
+relevance flows through another sample, and the heatmap equals that of the eval-mode network whose running
+statistics are the batch statistics (tested). The statistics stay differentiable for the training backward, so
+the gradient of a heatmap loss is the exact gradient of these heatmaps (tested against finite differences).
 """
 from __future__ import annotations
 
@@ -64,7 +70,7 @@ UNSUPPORTED_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh, nn.S
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _QUANTITIES = ("logit", "eta", "joint")
 _RULES = ("epsilon", "zplus")
-_BATCHNORM = ("eval", "batch")
+_BATCHNORM = ("eval", "batch", "frozen")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,6 +138,21 @@ class _Reroute(torch.autograd.Function):
         return None, grad * z / _stabilize(zr, ctx.epsilon), None, None
 
 
+class _Route(torch.autograd.Function):
+    """Value of ``z``; during the explanation the gradient goes to ``alt`` instead (same value, other graph)."""
+
+    @staticmethod
+    def forward(ctx, z, alt, switch):
+        ctx.switch = switch
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.switch.active:
+            return None, grad, None
+        return grad, None, None
+
+
 # --------------------------------------------------------------------------------------------------
 # layer helpers
 # --------------------------------------------------------------------------------------------------
@@ -141,26 +162,67 @@ def _affine(module, inp, weight, bias):
     return module._conv_forward(inp, weight, bias)
 
 
-def _merged_params(layer, bn):
-    """Weight and bias of ``bn ∘ layer`` (eval-mode BatchNorm folded into the layer, as zennit's canonizers do)."""
+class _HoldInExplanation(torch.autograd.Function):
+    """Identity. The explanation's own backward stops here; any other backward passes through."""
+
+    @staticmethod
+    def forward(ctx, t, switch):
+        ctx.switch = switch
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None if ctx.switch.active else grad), None
+
+
+def _batch_stats(bn, inp, switch):
+    """(mean, biased variance) of a BatchNorm input over all dimensions but the channels, held constant by the
+    explanation's backward (no relevance flows from one sample into the others through them) but differentiable
+    for any later backward - so the gradient of a heatmap loss is exact (tests: finite differences)."""
+    dims = [d for d in range(inp.dim()) if d != 1]
+    return (_HoldInExplanation.apply(inp.mean(dims), switch),
+            _HoldInExplanation.apply(inp.var(dims, unbiased=False), switch))
+
+
+def _uses_batch_stats(bn) -> bool:
+    return bn.training or bn.running_mean is None
+
+
+def _merged_params(layer, bn, stats=None):
+    """Weight and bias of ``bn ∘ layer`` (BatchNorm folded into the layer, as zennit's canonizers do), with the
+    running statistics or, given ``stats = (mean, var)``, those (batch statistics held constant)."""
     w, b = layer.weight, layer.bias
     if b is None:
         b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
     if bn is None:
         return w, b
-    scale = torch.rsqrt(bn.running_var + bn.eps)
+    mean, var = stats if stats is not None else (bn.running_mean, bn.running_var)
+    scale = torch.rsqrt(var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
-    shift = -bn.running_mean * scale
+    shift = -mean * scale
     if bn.bias is not None:
         shift = shift + bn.bias
     view = (-1,) + (1,) * (w.dim() - 1)
     return w * scale.reshape(view), b * scale + shift
 
 
+def _frozen_batchnorm(bn, inp, stats):
+    """``bn`` as the affine map with constant (mean, var): the same value as a training-mode BatchNorm."""
+    mean, var = stats
+    view = (1, -1) + (1,) * (inp.dim() - 2)
+    out = (inp - mean.reshape(view)) * torch.rsqrt(var + bn.eps).reshape(view)
+    if bn.weight is not None:
+        out = out * bn.weight.reshape(view)
+    if bn.bias is not None:
+        out = out + bn.bias.reshape(view)
+    return out
+
+
 class _State:
-    def __init__(self, model, x, rule, first_layer, epsilon, bounds, layers):
+    def __init__(self, model, x, rule, first_layer, epsilon, bounds, layers, batchnorm="eval"):
         self.model, self.x, self.rule, self.first_layer = model, x, rule, first_layer
+        self.batchnorm = batchnorm
         self.epsilon, self.bounds = epsilon, bounds
         self.switch = _Switch()
         self.layer_names = list(layers or [])
@@ -197,30 +259,40 @@ def _layer_hook(state):
 def _batchnorm_hook(state):
     def hook(module, args, out):
         last = state.last
-        if last is None or args[0] is not last[0] or out.dim() < 2:
-            return None  # not directly after a hooked layer: plain linear map (LRP-0)
-        if module.training:
-            raise ValueError("rule='zplus' and first_layer='zb' fold BatchNorm into the preceding layer, which "
-                             "needs running statistics; use batchnorm='eval' (the default)")
-        _, layer, inp, is_first = last
-        if is_first and state.first_layer == "zb":
-            out = _zb(state, layer, module, inp, out)
-            state.first_out = out
-        else:
-            out = _zplus(state, layer, module, inp, out, is_first)
-        state.last = None
-        return out
+        folded = not (last is None or args[0] is not last[0] or out.dim() < 2)
+        stats = None
+        if _uses_batch_stats(module):
+            if state.batchnorm != "frozen":
+                if folded:
+                    raise ValueError("rule='zplus' and first_layer='zb' fold BatchNorm into the preceding layer, "
+                                     "which needs constant statistics; use batchnorm='eval' (the default) or "
+                                     "'frozen'")
+                return None
+            stats = _batch_stats(module, args[0], state.switch)
+        if folded:
+            _, layer, inp, is_first = last
+            if is_first and state.first_layer == "zb":
+                out = _zb(state, layer, module, inp, out, stats)
+                state.first_out = out
+            else:
+                out = _zplus(state, layer, module, inp, out, is_first, stats)
+            state.last = None
+            return out
+        if stats is None:
+            return None  # eval mode: a plain linear map (LRP-0)
+        # frozen: the explanation goes through the affine map with the batch statistics held constant
+        return _Route.apply(out, _frozen_batchnorm(module, args[0], stats), state.switch)
     return hook
 
 
-def _zplus(state, layer, bn, inp, out, is_first=False):
+def _zplus(state, layer, bn, inp, out, is_first=False, stats=None):
     """LRP-z⁺ (Faster ISNet, Eq. 4): redistribute in proportion to ``(w_jk a_j)^+`` (positive bias included).
 
     When the first layer reads ``normalize``'s output, the rule is applied in pixel space to the composite
     map ``layer ∘ normalize`` (contributions ``w_jk s_j x_j`` with ``normalize(x) = s x + t``), so the heatmap of
     the pixels is non-negative, as z⁺ promises.
     """
-    w, b = _merged_params(layer, bn)
+    w, b = _merged_params(layer, bn, stats)
     if is_first and state.normalize_out is not None and inp is state.normalize_out:
         state.in_prefix = True
         try:
@@ -240,7 +312,7 @@ def _zplus(state, layer, bn, inp, out, is_first=False):
     return rerouted
 
 
-def _zb(state, layer, bn, inp, out):
+def _zb(state, layer, bn, inp, out, stats=None):
     """LRP-z^B on the first layer: ``x w - l w⁺ - h w⁻`` with pixel bounds mapped through ``normalize``."""
     model, x = state.model, state.x
     if state.bound_leaves is None:
@@ -261,7 +333,7 @@ def _zb(state, layer, bn, inp, out):
         raise ValueError("first_layer='zb' needs the first conv/linear layer to receive the input directly or "
                          "through the model's `normalize` module (an elementwise affine map, e.g. "
                          "xai_robust.models.Normalize)")
-    w, _ = _merged_params(layer, bn)
+    w, _ = _merged_params(layer, bn, stats)
     zb = (_affine(layer, inp, w, None) - _affine(layer, low_in, w.clamp(min=0), None)
           - _affine(layer, high_in, w.clamp(max=0), None))
     return _Reroute.apply(out, zb, state.epsilon, state.switch)
@@ -333,12 +405,12 @@ def _hooked(model, state, batchnorm) -> Iterator[None]:
                     handles.append(m.register_forward_hook(_normalize_hook(state)))
             for m in relus:
                 handles.append(m.register_forward_hook(_relu_hook(state)))
-            if state.rule == "zplus" or state.first_layer == "zb":
-                for m in model.modules():
-                    if isinstance(m, _LAYERS):
-                        handles.append(m.register_forward_hook(_layer_hook(state)))
-                    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        handles.append(m.register_forward_hook(_batchnorm_hook(state)))
+            folding = state.rule == "zplus" or state.first_layer == "zb"
+            for m in model.modules():
+                if folding and isinstance(m, _LAYERS):
+                    handles.append(m.register_forward_hook(_layer_hook(state)))
+                elif isinstance(m, nn.modules.batchnorm._BatchNorm) and (folding or batchnorm == "frozen"):
+                    handles.append(m.register_forward_hook(_batchnorm_hook(state)))
             named = dict(model.named_modules())
             for name in state.layer_names:
                 handles.append(named[name].register_forward_hook(_capture_hook(state, name)))
@@ -441,9 +513,12 @@ def lrp_flex(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float =
         supervision, Sec. II-H). Name ReLUs or blocks ('layer1'); a module called twice per forward is refused.
     generator : torch.Generator, optional
         Randomness for ``target='stochastic'``.
-    batchnorm : {'eval', 'batch'}
+    batchnorm : {'eval', 'batch', 'frozen'}
         ``'eval'`` (default): run BatchNorm with running statistics during the explanation, whatever the
-        model's mode, so heatmaps are batch-independent (see the module notes). ``'batch'``: keep modes.
+        model's mode, so heatmaps are batch-independent (see the module notes). ``'batch'``: keep modes (a
+        training-mode heatmap backpropagates through the batch statistics). ``'frozen'``: keep modes for the
+        forward pass (training logits, shareable with the classification loss) but explain a training-mode
+        BatchNorm as the affine map with the batch statistics held constant.
     return_logits : bool
         Also return the logits of the explanation forward pass (last element of the result).
 
@@ -466,7 +541,7 @@ def lrp_flex(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float =
     """
     _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, batchnorm, target)
     xg = x if (x.requires_grad and create_graph) else x.detach().requires_grad_(True)
-    state = _State(model, xg, rule, first_layer, float(epsilon), bounds, layers)
+    state = _State(model, xg, rule, first_layer, float(epsilon), bounds, layers, batchnorm)
     with torch.enable_grad(), _hooked(model, state, batchnorm):
         logits = model(xg)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
