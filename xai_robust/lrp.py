@@ -94,8 +94,7 @@ class _EpsilonReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, epsilon, switch):
         ctx.epsilon, ctx.switch = epsilon, switch
-        # only the input is saved (the output may be modified in place downstream); a is recomputed from z,
-        # which also makes the derivatives of the rule exact under create_graph
+        # only the input is saved (the output may be modified in place downstream); a is recomputed from z
         ctx.save_for_backward(z)
         return z.clamp(min=0)
 
@@ -104,12 +103,33 @@ class _EpsilonReLU(torch.autograd.Function):
         (z,) = ctx.saved_tensors
         eps = ctx.epsilon
         if not ctx.switch.active or eps == 0:  # the true ReLU derivative (ε = 0: LRP-0 = Gradient×Input)
-            return grad * (z > 0).to(grad.dtype), None, None
+            return torch.ops.aten.threshold_backward(grad, z, 0), None, None
+        if torch.is_grad_enabled():  # create_graph: one differentiable node (its derivatives are exact)
+            return _EpsilonRule.apply(grad, z, eps), None, None
         a = z.clamp(min=0)
-        if torch.is_grad_enabled():  # create_graph: differentiable operations
-            return grad * a / (a + eps), None, None
         ratio = a + eps  # fast path, in place: G_in = G_out * a / (a + ε)
         return a.div_(ratio).mul_(grad), None, None
+
+
+class _EpsilonRule(torch.autograd.Function):
+    """``G · r(z)`` with ``r = a / (a + ε)``, ``a = relu(z)``: the LRP-ε step of a ReLU as one node of the graph
+    that a heatmap loss differentiates (``∂/∂G = r``, ``∂/∂z = G ε / (a + ε)²`` for z > 0, else 0)."""
+
+    @staticmethod
+    def forward(ctx, grad, z, eps):
+        a = z.clamp(min=0)
+        ratio = a / (a + eps)
+        # dr/dz = ε / (a + ε)² = (1 - r)² / ε where z > 0, and 0 elsewhere
+        slope = (1 - ratio).square_().div_(eps).mul_(a.sign())  # sign(a) = 1 where z > 0, else 0
+        ctx.save_for_backward(grad, ratio, slope)
+        return grad * ratio
+
+    @staticmethod
+    def backward(ctx, out_grad):
+        grad, ratio, slope = ctx.saved_tensors
+        g_grad = out_grad * ratio if ctx.needs_input_grad[0] else None
+        g_z = out_grad * grad * slope if ctx.needs_input_grad[1] else None
+        return g_grad, g_z, None
 
 
 def _stabilize(z, epsilon):
@@ -180,8 +200,12 @@ def _batch_stats(bn, inp, switch):
     explanation's backward (no relevance flows from one sample into the others through them) but differentiable
     for any later backward - so the gradient of a heatmap loss is exact (tests: finite differences)."""
     dims = [d for d in range(inp.dim()) if d != 1]
-    return (_HoldInExplanation.apply(inp.mean(dims), switch),
-            _HoldInExplanation.apply(inp.var(dims, unbiased=False), switch))
+    view = (1, -1) + (1,) * (inp.dim() - 2)
+    mean = inp.mean(dims)
+    m0 = mean.detach()
+    # E[(x - m0)²] - (E[x] - m0)²: exact, differentiable, stable (m0 ≈ the mean), and much faster than torch.var
+    var = ((inp - m0.reshape(view)) ** 2).mean(dims) - (mean - m0) ** 2
+    return _HoldInExplanation.apply(mean, switch), _HoldInExplanation.apply(var, switch)
 
 
 def _uses_batch_stats(bn) -> bool:
@@ -208,15 +232,13 @@ def _merged_params(layer, bn, stats=None):
 
 
 def _frozen_batchnorm(bn, inp, stats):
-    """``bn`` as the affine map with constant (mean, var): the same value as a training-mode BatchNorm."""
-    mean, var = stats
-    view = (1, -1) + (1,) * (inp.dim() - 2)
-    out = (inp - mean.reshape(view)) * torch.rsqrt(var + bn.eps).reshape(view)
+    """A tensor whose backward is that of ``bn`` as an affine map with constant statistics, ``G·γ/√(var+eps)``
+    (its value is not used: :class:`_Route` keeps the BatchNorm's own output)."""
+    _, var = stats
+    scale = torch.rsqrt(var + bn.eps)
     if bn.weight is not None:
-        out = out * bn.weight.reshape(view)
-    if bn.bias is not None:
-        out = out + bn.bias.reshape(view)
-    return out
+        scale = scale * bn.weight
+    return inp * scale.reshape((1, -1) + (1,) * (inp.dim() - 2))
 
 
 class _State:
