@@ -540,7 +540,9 @@ def lrp_flex(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float =
         model's mode, so heatmaps are batch-independent (see the module notes). ``'batch'``: keep modes (a
         training-mode heatmap backpropagates through the batch statistics). ``'frozen'``: keep modes for the
         forward pass (training logits, shareable with the classification loss) but explain a training-mode
-        BatchNorm as the affine map with the batch statistics held constant.
+        BatchNorm as the affine map with the batch statistics held constant. With ``'batch'`` and ``'frozen'`` a
+        model in training mode runs its training forward pass, which updates BatchNorm running statistics as
+        any training step does: use them inside a training step (as :func:`xai_robust.isnet.isnet_loss` does).
     return_logits : bool
         Also return the logits of the explanation forward pass (last element of the result).
 
