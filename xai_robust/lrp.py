@@ -134,7 +134,8 @@ class _EpsilonRule(torch.autograd.Function):
 
 def _stabilize(z, epsilon):
     """``z + ε·sign(z)`` with sign(0) = +1 (Eq. 2, and zennit's stabilizer)."""
-    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    shift = (z.detach() >= 0).to(z.dtype).mul_(2 * epsilon).sub_(epsilon)  # +ε where z >= 0, else -ε (constant)
+    return z + shift
 
 
 class _Reroute(torch.autograd.Function):
@@ -327,8 +328,9 @@ def _zplus(state, layer, bn, inp, out, is_first=False, stats=None):
         zp = _affine(layer, a.clamp(min=0), w.clamp(min=0), None) + _affine(layer, a.clamp(max=0), w.clamp(max=0),
                                                                             None) + bias
     else:
-        zp = (_affine(layer, inp.clamp(min=0), w.clamp(min=0), b.clamp(min=0))
-              + _affine(layer, inp.clamp(max=0), w.clamp(max=0), None))
+        pos = F.relu(inp)  # relu/threshold: a cheaper backward than clamp's
+        zp = (_affine(layer, pos, w.clamp(min=0), b.clamp(min=0))
+              + _affine(layer, inp - pos, w.clamp(max=0), None))
     rerouted = _Reroute.apply(out, zp, state.epsilon, state.switch)
     state.zr_of.append((rerouted, zp))
     return rerouted
