@@ -344,21 +344,21 @@ class _LowRes:
         H, W = self.shape
         n = self.sq_norm.shape[0]
         i, j = pix // W, pix % W
-        clusters = torch.cat([new, old])
-        rows = torch.cat([img, img]) * k + clusters  # (2M,) index of (image, cluster)
+        flat = img * (H * W) + pix
+        rows = torch.cat([img * k + new, img * k + old])  # (2M,) index of (image, cluster)
+        ii, jj, pp = torch.cat([i, i]), torch.cat([j, j]), torch.cat([pix, pix])
         sums = []
         for (a, uy, ux, s), (cols, weights) in zip(self.blocks, self.taps):
             _, c, h, w = a.shape
-            sv = s[img, i, j]
+            sv = s.reshape(-1).index_select(0, flat)
             sv = torch.cat([sv, -sv])
             if uy is None:
                 low = torch.zeros(n * k * h * w, dtype=a.dtype, device=a.device)
-                low.index_add_(0, rows * (h * w) + torch.cat([pix, pix]), sv)
+                low.index_add_(0, rows * (h * w) + pp, sv)
             else:
-                jj, ii = torch.cat([j, j]), torch.cat([i, i])
                 part = torch.zeros(n * k * H * w, dtype=a.dtype, device=a.device)
-                part.index_add_(0, ((rows * H + ii) * w)[:, None].add(cols[jj]).flatten(),
-                                (weights[jj] * sv[:, None]).flatten())
+                part.index_add_(0, ((rows * H + ii) * w)[:, None].add(cols.index_select(0, jj)).flatten(),
+                                (weights.index_select(0, jj) * sv[:, None]).flatten())
                 low = uy.T @ part.reshape(n, k, H, w)  # (N, K, h, w)
             sums.append(low.reshape(n, k, h * w) @ a.reshape(n, c, h * w).transpose(1, 2))
         return torch.cat(sums, 2)
@@ -449,7 +449,8 @@ def _lloyd(feats, init_idx, max_iter, tol=1e-4, incremental=0.1):
             stop = finishing.clone()
         else:
             changed = labels != prev
-            stop = finishing | ~changed.any(1)
+            n_changed = changed.sum(1)
+            stop = finishing | (n_changed == 0)
         if it == max_iter:
             stop[:] = True
         if bool(stop.any()):
@@ -462,16 +463,19 @@ def _lloyd(feats, init_idx, max_iter, tol=1e-4, incremental=0.1):
                 threshold[keep]
             if prev is not None:
                 prev, sums, counts, changed = prev[keep], sums[keep], counts[keep], changed[keep]
-        if prev is None or int(changed.sum()) > incremental * changed.numel():
+                n_changed = n_changed[keep]
+        if prev is None or int(n_changed.sum()) > incremental * changed.numel():
             counts = torch.zeros(labels.shape[0], k, dtype=centers.dtype, device=dev)
             counts.scatter_add_(1, labels, torch.ones_like(labels, dtype=centers.dtype))
             sums = f.cluster_sums(labels, k)
         else:
-            img, pix = changed.nonzero(as_tuple=True)
-            old, new = prev[img, pix], labels[img, pix]
+            flat = changed.reshape(-1).nonzero()[:, 0]
+            img, pix = flat // p, flat % p
+            old, new = prev.reshape(-1).index_select(0, flat), labels.reshape(-1).index_select(0, flat)
             sums = sums + f.cluster_sums_delta(img, pix, old, new, k)
             one = torch.ones_like(img, dtype=centers.dtype)
-            counts = counts.index_put((img, new), one, accumulate=True).index_put_((img, old), -one, accumulate=True)
+            counts = counts.clone()
+            counts.view(-1).index_add_(0, img * k + new, one).index_add_(0, img * k + old, -one)
         new_centers = torch.where(counts[:, :, None] > 0, sums / counts.clamp_min(1)[:, :, None], centers)
         finishing = ((new_centers - centers) ** 2).sum((1, 2)) <= threshold
         centers, prev = new_centers, labels
