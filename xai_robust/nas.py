@@ -255,8 +255,9 @@ class _Dense:
         out.shape, out.x, out.sq_norm = self.shape, self.x[keep], self.sq_norm[keep]
         return out
 
-    def dots(self, centers, scale=1.0):  # (N, K, D) -> scale · (N, K, P)
-        return (centers * scale) @ self.x.transpose(1, 2)
+    def dots(self, centers, scale=1.0, add=None):  # (N, K, D) -> scale · (N, K, P) [+ add (N, K)]
+        out = (centers * scale) @ self.x.transpose(1, 2)
+        return out if add is None else out + add[:, :, None]
 
     def cluster_sums(self, labels, k):  # labels (N, P) -> Σ_{p∈k} x_p (N, K, D)
         onehot = torch.zeros(labels.shape[0], k, labels.shape[1], dtype=self.x.dtype, device=self.x.device)
@@ -308,15 +309,16 @@ class _LowRes:
         out.sq_norm = self.sq_norm[keep]
         return out
 
-    def dots(self, centers, scale=1.0):
-        """``scale · x_p·μ_k`` (N, K, P): project the low-resolution maps on μ, upsample the K projections."""
+    def dots(self, centers, scale=1.0, add=None):
+        """``scale · x_p·μ_k`` (N, K, P), plus ``add`` (N, K) if given: project the low-resolution maps on μ and
+        upsample the K projections."""
         out = None
         for (a, uy, ux, s), mu in zip(self.blocks, centers.split(self.splits, dim=2)):
             n, c, h, w = a.shape
             proj = ((mu * scale) @ a.reshape(n, c, h * w)).reshape(n, -1, h, w)  # fresh tensor
             up = proj if uy is None else uy @ proj @ ux.T
             if out is None:
-                out = up.mul_(s[:, None])
+                out = up.mul_(s[:, None]) if add is None else torch.addcmul(add[:, :, None, None], up, s[:, None])
             else:
                 out.addcmul_(up, s[:, None])
         return out.flatten(2)
@@ -442,8 +444,7 @@ def _lloyd(feats, init_idx, max_iter, tol=1e-4, incremental=0.1):
     finishing = torch.zeros(n, dtype=torch.bool, device=dev)
     for it in range(max_iter + 1):
         # ‖x_p‖² is the same for every cluster, so the assignment needs only −2 x·μ + ‖μ‖²
-        score = f.dots(centers, -2.0)
-        score += (centers ** 2).sum(-1)[:, :, None]
+        score = f.dots(centers, -2.0, add=(centers ** 2).sum(-1))
         labels, best = _argmin_k(score)
         if prev is None:
             stop = finishing.clone()
