@@ -196,7 +196,7 @@ class _HoldInExplanation(torch.autograd.Function):
         return (None if ctx.switch.active else grad), None
 
 
-def _batch_stats(bn, inp, switch):
+def _batch_stats(inp, switch):
     """(mean, biased variance) of a BatchNorm input over all dimensions but the channels, held constant by the
     explanation's backward (no relevance flows from one sample into the others through them) but differentiable
     for any later backward - so the gradient of a heatmap loss is exact (tests: finite differences)."""
@@ -291,7 +291,7 @@ def _batchnorm_hook(state):
                                      "which needs constant statistics; use batchnorm='eval' (the default) or "
                                      "'frozen'")
                 return None
-            stats = _batch_stats(module, args[0], state.switch)
+            stats = _batch_stats(args[0], state.switch)
         if folded:
             _, layer, inp, is_first = last
             if is_first and state.first_layer == "zb":

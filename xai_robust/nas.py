@@ -475,7 +475,6 @@ def _lloyd(feats, init_idx, max_iter, tol=1e-4, incremental=0.1):
             old, new = prev.reshape(-1).index_select(0, flat), labels.reshape(-1).index_select(0, flat)
             sums = sums + f.cluster_sums_delta(img, pix, old, new, k)
             one = torch.ones_like(img, dtype=centers.dtype)
-            counts = counts.clone()
             counts.view(-1).index_add_(0, img * k + new, one).index_add_(0, img * k + old, -one)
         new_centers = torch.where(counts[:, :, None] > 0, sums / counts.clamp_min(1)[:, :, None], centers)
         finishing = ((new_centers - centers) ** 2).sum((1, 2)) <= threshold
