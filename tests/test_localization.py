@@ -133,3 +133,21 @@ def test_curves_leave_model_untouched():
         loc.lerf_curve(model, x, torch.rand(2, 4, 4))
     with pytest.raises(ValueError, match="order"):
         loc.relevance_curve(model, x, torch.rand(2, 3, 3), order="random")
+
+
+def test_relevance_share_hand_computed():
+    # one image, two channels: |h| totals 1+2+3+4 (ch 0) + 2 (ch 1) = 12; the region holds the right column
+    h = torch.tensor([[[[1.0, -2.0], [3.0, -4.0]], [[0.0, 2.0], [0.0, 0.0]]]])
+    region = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
+    assert loc.relevance_share(h, region).item() == pytest.approx((2 + 4 + 2) / 12)
+    # positive relevance only: 1 + 3 + 2 = 6, inside: 2
+    assert loc.relevance_share(h, region, part="positive").item() == pytest.approx(2 / 6)
+    # channel-summed maps (N, H, W) with (N, 1, H, W) masks, and an all-zero map
+    maps = torch.stack([h.sum(1)[0], torch.zeros(2, 2)])
+    masks = region.expand(2, 1, 2, 2)
+    got = loc.relevance_share(maps, masks)
+    assert got[0].item() == pytest.approx((0 + 4) / (1 + 0 + 3 + 4)) and got[1].item() == 0.0
+    with pytest.raises(ValueError, match="part"):
+        loc.relevance_share(h, region, part="negative")
+    with pytest.raises(ValueError, match="broadcast"):
+        loc.relevance_share(h, torch.ones(1, 1, 3, 3))

@@ -14,8 +14,45 @@ from torch import nn
 
 from ..attribution import check_images, resolve_target, restore_model
 
-__all__ = ["relevance_curve", "lerf_curve", "morf_curve", "curve_auc", "greedy_lerf", "mask_boxes",
-           "map_boxes", "box_iou", "max_box_acc_v2"]
+__all__ = ["relevance_share", "relevance_curve", "lerf_curve", "morf_curve", "curve_auc", "greedy_lerf",
+           "mask_boxes", "map_boxes", "box_iou", "max_box_acc_v2"]
+
+
+def relevance_share(saliency: torch.Tensor, region: torch.Tensor, *, part: str = "abs") -> torch.Tensor:
+    """Fraction of each map's relevance that lies inside a region, one number per image.
+
+    The background share of the ISNet papers (chapters 01 and 03: ``region = 1 - mask``, ``part="abs"``) and
+    the share of positive relevance on a bias mark (chapter 02, ``part="positive"``):
+    ``Σ_{p∈region} r_p / Σ_p r_p`` with ``r = |h|`` or ``r = max(h, 0)``, summed over channels.
+
+    Parameters
+    ----------
+    saliency : Tensor[N, C, H, W] or Tensor[N, H, W]
+        Heatmaps.
+    region : Tensor broadcastable to ``saliency`` (e.g. masks of shape (N, 1, H, W)), values in [0, 1]
+        The region (1 = inside); soft values weight the pixels.
+    part : {"abs", "positive"}
+        Which relevance is counted.
+
+    Returns
+    -------
+    Tensor[N]
+        The share in [0, 1]; 0 for an all-zero map.
+    """
+    if part not in ("abs", "positive"):
+        raise ValueError(f"part must be 'abs' or 'positive', got {part!r}")
+    if not isinstance(saliency, torch.Tensor) or saliency.dim() not in (3, 4):
+        raise TypeError("saliency must be a tensor of shape (N, H, W) or (N, C, H, W)")
+    r = saliency.abs() if part == "abs" else saliency.clamp(min=0)
+    region = torch.as_tensor(region, dtype=r.dtype, device=r.device)
+    if saliency.dim() == 3 and region.dim() == 4:
+        region = region[:, 0]
+    try:
+        inside = (r * region).flatten(1).sum(1)
+    except RuntimeError as err:
+        raise ValueError(f"region of shape {tuple(region.shape)} does not broadcast to the saliency maps of "
+                         f"shape {tuple(saliency.shape)}; pass masks of shape (N, 1, H, W)") from err
+    return inside / r.flatten(1).sum(1).clamp_min(1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------
