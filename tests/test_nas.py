@@ -276,3 +276,25 @@ def test_kmeans_matches_scikit_learn_lloyd_from_the_same_centroids():
         ref = KMeans(4, init=pts[idx[i].numpy()], n_init=1, algorithm="lloyd", tol=0.0, max_iter=300).fit(pts)
         assert adjusted_rand_score(ref.labels_, labels[i].flatten().numpy()) == pytest.approx(1.0)
         assert float(inertia[i]) == pytest.approx(ref.inertia_, rel=1e-9)
+
+
+def test_cluster_saliency_and_overlap_hand_computed():
+    # two 2x2 images, 3 clusters; cluster 2 occurs in image 1 only
+    labels = torch.tensor([[[0, 0], [1, 1]], [[0, 2], [2, 1]]])
+    sal = torch.tensor([[[1.0, 3.0], [0.0, 2.0]], [[4.0, 0.0], [2.0, 4.0]]])
+    mean, present = nas.cluster_saliency(sal, labels, 3, normalize=False)
+    # cluster 0: image 0 mean 2, image 1 mean 4 -> 3; cluster 1: 1 and 4 -> 2.5; cluster 2: image 1 only -> 1
+    torch.testing.assert_close(mean, torch.tensor([3.0, 2.5, 1.0]))
+    assert present.tolist() == [True, True, True]
+    # min-max per image: image 0 /3, image 1 /4
+    mean, _ = nas.cluster_saliency(sal, labels, 4)
+    torch.testing.assert_close(mean, torch.tensor([(2 / 3 + 1) / 2, (1 / 3 + 1) / 2, 0.25, 0.0]))
+    _, present = nas.cluster_saliency(sal, labels, 4)
+    assert present.tolist() == [True, True, True, False]
+    masks = torch.tensor([[[[1, 0], [1, 1]]], [[[0, 0], [1, 0]]]])
+    # cluster 0: pixels (1,0),(0,0) in img 0 + (0) in img 1 -> 1 of 3; cluster 1: 2 of 3; cluster 2: 1 of 2
+    torch.testing.assert_close(nas.cluster_overlap(labels, masks, 4), torch.tensor([1 / 3, 2 / 3, 0.5, 0.0]))
+    with pytest.raises(ValueError, match=r"0\.\.1"):
+        nas.cluster_saliency(sal, labels, 2)
+    with pytest.raises(ValueError, match="shape"):
+        nas.cluster_saliency(sal[:, :1], labels, 3)

@@ -32,7 +32,7 @@ from torch import nn
 from .attribution import check_images, restore_model
 
 __all__ = ["neuro_activated_superpixels", "layer_activations", "nas_features", "upsample_matrix",
-           "kmeans_pixels", "ClassClustering", "class_clusters"]
+           "kmeans_pixels", "ClassClustering", "class_clusters", "cluster_saliency", "cluster_overlap"]
 
 _UPSAMPLE = ("bicubic", "bilinear", "nearest")
 _METHODS = ("kmeans", "ward")
@@ -734,3 +734,69 @@ class ClassClustering:
 def class_clusters(model: nn.Module, x: torch.Tensor, layers, n_clusters: int = 10, **kwargs) -> ClassClustering:
     """Fit a :class:`ClassClustering` on the images ``x`` of one class (NAS §4.2.3; chapter 07)."""
     return ClassClustering(model, layers, n_clusters, **kwargs).fit(x)
+
+
+def _per_image_cluster_sums(values: torch.Tensor, labels: torch.Tensor, n_clusters: int):
+    """Σ of ``values`` and pixel counts per (image, cluster): two (N, K) tensors."""
+    if labels.shape != values.shape:
+        raise ValueError(f"labels of shape {tuple(labels.shape)} must match the maps' shape {tuple(values.shape)} "
+                         "(N, H, W); sum heatmaps over channels first")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_clusters):
+        raise ValueError(f"labels must lie in 0..{n_clusters - 1} (n_clusters={n_clusters})")
+    n = labels.shape[0]
+    flat = labels.reshape(n, -1).long()
+    sums = torch.zeros(n, n_clusters, dtype=values.dtype, device=values.device)
+    sums.scatter_add_(1, flat, values.reshape(n, -1))
+    counts = torch.zeros_like(sums).scatter_add_(1, flat, torch.ones_like(values).reshape(n, -1))
+    return sums, counts
+
+
+def cluster_saliency(saliency: torch.Tensor, labels: torch.Tensor, n_clusters: int, *, normalize: bool = True):
+    """Average saliency of each class cluster (NAS §4.2.3, Table 1; chapter 07).
+
+    Each map is min-max normalised to [0, 1] (``normalize``), averaged over each cluster's pixels in each
+    image, and these per-image means are averaged over the images in which the cluster occurs.
+
+    Parameters
+    ----------
+    saliency : Tensor[N, H, W] or Tensor[N, C, H, W]
+        Saliency maps (channels are summed).
+    labels : LongTensor[N, H, W]
+        Class-cluster label per pixel (:meth:`ClassClustering.predict`), in ``0..n_clusters-1``.
+    n_clusters : int
+    normalize : bool
+        Min-max normalise each map first (maps of different methods become comparable).
+
+    Returns
+    -------
+    mean : Tensor[K]
+        Average saliency per cluster (0 where the cluster never occurs).
+    present : BoolTensor[K]
+        Whether the cluster occurs in any image.
+    """
+    s = saliency.detach().float()
+    if s.dim() == 4:
+        s = s.sum(1)
+    labels = torch.as_tensor(labels, device=s.device)
+    if normalize:
+        s = s - s.amin((-2, -1), keepdim=True)
+        s = s / s.amax((-2, -1), keepdim=True).clamp_min(1e-12)
+    sums, counts = _per_image_cluster_sums(s, labels, n_clusters)
+    occurs = counts > 0
+    per_image = sums / counts.clamp_min(1)
+    n_images = occurs.sum(0)
+    return per_image.sum(0) / n_images.clamp_min(1), n_images > 0
+
+
+def cluster_overlap(labels: torch.Tensor, masks: torch.Tensor, n_clusters: int) -> torch.Tensor:
+    """Fraction of each cluster's pixels (over all images) that lie inside the masks: Tensor[K], 0 if absent.
+
+    Names class clusters semi-supervisedly (chapter 07): the cluster with the largest overlap with object masks
+    is the object cluster.
+    """
+    labels = torch.as_tensor(labels)
+    m = torch.as_tensor(masks, device=labels.device).float()
+    if m.dim() == 4:
+        m = m[:, 0]
+    inside, counts = _per_image_cluster_sums(m, labels, n_clusters)
+    return inside.sum(0) / counts.sum(0).clamp_min(1)
