@@ -433,10 +433,10 @@ def _lloyd(feats, init_idx, max_iter, tol=1e-4, incremental=0.1):
     n, k = init_idx.shape
     p = feats.sq_norm.shape[1]
     dev = feats.sq_norm.device
+    if isinstance(feats, _LowRes) and dev.type == "cpu" and _kernels() is not None:
+        return _lloyd_images(feats, init_idx, max_iter, tol)
     centers = feats.gather(init_idx)
-    d = centers.shape[2]
-    mean = feats.cluster_sums(torch.zeros(n, p, dtype=torch.long, device=dev), 1) / p
-    threshold = tol * ((feats.sq_norm.mean(1) - (mean[:, 0] ** 2).sum(-1)).clamp_min(0) / d)
+    threshold = _tol_threshold(feats, tol)
     labels_out = torch.empty(n, p, dtype=torch.long, device=dev)
     inertia_out = torch.empty(n, dtype=centers.dtype, device=dev)
     active = torch.arange(n, device=dev)
@@ -480,6 +480,66 @@ def _lloyd(feats, init_idx, max_iter, tol=1e-4, incremental=0.1):
         finishing = ((new_centers - centers) ** 2).sum((1, 2)) <= threshold
         centers, prev = new_centers, labels
     return labels_out, inertia_out
+
+
+def _kernels():
+    """The compiled CPU kernels (:mod:`xai_robust._nas_kernels`), or None where numba is missing."""
+    try:
+        from . import _nas_kernels
+    except ImportError:  # numba is a dependency; without it the PyTorch path runs (slower, same result)
+        return None
+    import numba
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return _nas_kernels
+
+
+def _lloyd_images(feats, init_idx, max_iter, tol=1e-4):
+    """:func:`_lloyd` for the implicit features on CPU: :func:`xai_robust._nas_kernels.lloyd_images`, one image
+    per task (same iterations, stopping rule and exact low-resolution arithmetic, no per-iteration overhead)."""
+    kern = _kernels()
+    n, k = init_idx.shape
+    H, W = feats.shape
+    dtype = feats.sq_norm.dtype
+    acts = [a for a, _, _, _ in feats.blocks]
+    uys = [torch.eye(H, dtype=dtype) if uy is None else uy for _, uy, _, _ in feats.blocks]
+    uxs = [torch.eye(W, dtype=dtype) if ux is None else ux for _, _, ux, _ in feats.blocks]
+    offsets = lambda sizes: np.cumsum([0] + list(sizes)).astype(np.int64)  # noqa: E731
+    y_off, x_off = offsets(u.shape[1] for u in uys), offsets(u.shape[1] for u in uxs)
+    nonzero = [(u != 0).numpy() for u in uys]  # the taps of each output row: a contiguous column range
+    y_lo = np.stack([nz.argmax(1) + o for nz, o in zip(nonzero, y_off)], 1).astype(np.int64)  # (H, L)
+    y_hi = np.stack([nz.shape[1] - nz[:, ::-1].argmax(1) + o for nz, o in zip(nonzero, y_off)], 1).astype(np.int64)
+    ux_all = torch.cat(uxs, 1).contiguous()  # (W, C)
+    nz_x = (ux_all != 0).numpy()
+    j_lo = nz_x.argmax(0).astype(np.int64)  # (C,) the output columns each low-resolution column reaches
+    j_hi = (W - nz_x[::-1].argmax(0)).astype(np.int64)
+    labels = torch.empty(n, H, W, dtype=torch.long)
+    inertia = torch.empty(n, dtype=dtype)
+    n_iter = torch.empty(n, dtype=torch.long)
+    with _numba_chunks(1):  # images differ in their number of iterations: hand them out one by one
+        kern.lloyd_images(
+            torch.cat([a.flatten(1) for a in acts], 1).contiguous().numpy(),
+            torch.cat([a.flatten(2).transpose(1, 2).flatten(1) for a in acts], 1).contiguous().numpy(),
+            offsets(a[0].numel() for a in acts), offsets(a.shape[1] for a in acts),
+            offsets(a.shape[2] * a.shape[3] for a in acts), np.array([a.shape[3] for a in acts], dtype=np.int64),
+            feats.gather(init_idx).contiguous().numpy(), feats.sq_norm.contiguous().numpy(),
+            _tol_threshold(feats, tol).contiguous().numpy(), int(max_iter),
+            torch.cat(uys, 1).contiguous().numpy(), y_lo, y_hi, y_off,
+            torch.stack([s for _, _, _, s in feats.blocks], 1).contiguous().numpy(),
+            ux_all.numpy(), ux_all.T.contiguous().numpy(), x_off, j_lo, j_hi, labels.numpy(), inertia.numpy(), n_iter.numpy())
+    return labels.reshape(n, H * W), inertia
+
+
+def _numba_chunks(size):
+    import numba
+    return numba.parallel_chunksize(size)
+
+
+def _tol_threshold(feats, tol):
+    """scikit-learn's stopping threshold: ``tol`` × the mean per-feature variance of each image's pixels."""
+    n, p = feats.sq_norm.shape
+    mean = feats.cluster_sums(torch.zeros(n, p, dtype=torch.long, device=feats.sq_norm.device), 1) / p
+    d = mean.shape[2]
+    return tol * ((feats.sq_norm.mean(1) - (mean[:, 0] ** 2).sum(-1)).clamp_min(0) / d)
 
 
 def _argmin_k(score: torch.Tensor):
