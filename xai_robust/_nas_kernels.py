@@ -13,9 +13,83 @@ import numba
 import numpy as np
 
 
-@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+_JIT = dict(cache=True, fastmath={"contract"})
+
+
+@numba.njit(**_JIT)
+def _project(mu, acts_n, a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi, mu_sq, proj, q):
+    """Centroids (K, D) -> ``‖μ_k‖²`` (K,), ``proj_l = −2 μ_l a_l`` (K, P) and ``q_l = proj_l U_xᵀ`` (K, Y, W)."""
+    K = mu.shape[0]
+    L = x_off.shape[0] - 1
+    minus_two = np.full(1, -2.0, dtype=mu.dtype)[0]  # in the features' dtype: float32 arithmetic stays float32
+    for k in range(K):
+        mu_sq[k] = np.sum(mu[k] * mu[k])
+    proj[:, :] = 0.0
+    for l in range(L):
+        hw = p_off[l + 1] - p_off[l]
+        for k in range(K):
+            pr = proj[k, p_off[l]:p_off[l + 1]]
+            for c in range(d_off[l + 1] - d_off[l]):
+                m = minus_two * mu[k, d_off[l] + c]
+                ar = acts_n[a_off[l] + c * hw:a_off[l] + (c + 1) * hw]
+                for p in range(hw):
+                    pr[p] += m * ar[p]
+    q[:, :, :] = 0.0
+    for l in range(L):
+        w = widths[l]
+        for k in range(K):
+            for y in range(y_off[l + 1] - y_off[l]):
+                qr = q[k, y_off[l] + y]
+                for x in range(w):
+                    t = proj[k, p_off[l] + y * w + x]
+                    cx = x_off[l] + x
+                    ur = ux_t[cx]
+                    for j in range(j_lo[cx], j_hi[cx]):
+                        qr[j] += t * ur[j]
+
+
+@numba.njit(**_JIT)
+def _row_scores(i, q, mu_sq, y_tap, y_w, scale_n, score):
+    """The scores ``‖μ_k‖² − 2 x_p·μ_k`` (K, W) of output row i: per layer, the 4 y-upsampling taps of the row
+    (``y_tap``, ``y_w`` (H, L, 4); unused taps have weight 0) and the per-pixel scale, in one pass over the row."""
+    K = q.shape[0]
+    L = y_tap.shape[1]
+    W = q.shape[2]
+    for k in range(K):
+        sr = score[k]
+        sr[:] = mu_sq[k]
+        for l in range(L):
+            q0, q1, q2, q3 = q[k, y_tap[i, l, 0]], q[k, y_tap[i, l, 1]], q[k, y_tap[i, l, 2]], q[k, y_tap[i, l, 3]]
+            w0, w1, w2, w3 = y_w[i, l, 0], y_w[i, l, 1], y_w[i, l, 2], y_w[i, l, 3]
+            sc = scale_n[l, i]
+            for j in range(W):
+                sr[j] += sc[j] * (w0 * q0[j] + w1 * q1[j] + w2 * q2[j] + w3 * q3[j])
+
+
+@numba.njit(**_JIT)
+def _pixel_feature(pix, acts_n, a_off, d_off, p_off, widths, uy, y_lo, y_hi, y_off, ux, x_off, scale_n, out):
+    """The feature ``x_p = concat_l s_{l,p} (U_l a_l)_p`` (D,) of output pixel ``pix`` (flat index), from its taps."""
+    W = ux.shape[0]
+    L = x_off.shape[0] - 1
+    i = pix // W
+    j = pix - i * W
+    out[:] = 0.0
+    for l in range(L):
+        hw = p_off[l + 1] - p_off[l]
+        w = widths[l]
+        sl = scale_n[l, i, j]
+        for y in range(y_lo[i, l], y_hi[i, l]):
+            for x in range(w):
+                g = sl * uy[i, y] * ux[j, x_off[l] + x]
+                if g != 0.0:
+                    p = (y - y_off[l]) * w + x
+                    for c in range(d_off[l + 1] - d_off[l]):
+                        out[d_off[l] + c] += g * acts_n[a_off[l] + c * hw + p]
+
+
+@numba.njit(parallel=True, **_JIT)
 def lloyd_images(acts, acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, threshold, max_iter, uy, y_lo, y_hi,
-                 y_off, scale, ux, ux_t, x_off, j_lo, j_hi, labels, inertia, n_iter):  # pragma: no cover - compiled
+                 y_off, y_tap, y_w, scale, ux, ux_t, x_off, j_lo, j_hi, labels, inertia, n_iter):  # pragma: no cover - compiled
     """Lloyd's k-means on the implicit NAS features, one image per task, each until its own stop.
 
     The whole of :func:`xai_robust.nas._lloyd` for one image, in the exact low-resolution form. Per iteration:
@@ -47,7 +121,8 @@ def lloyd_images(acts, acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, t
         Maximum number of centroid updates.
     uy : (H, Y)
         The layers' y-upsampling matrices side by side (layer l at ``y_off[l]``); ``y_lo, y_hi`` (H, L): the
-        non-zero column range (the taps) of row i for layer l.
+        non-zero column range (the taps) of row i for layer l; ``y_tap, y_w`` (H, L, 4): the same taps as
+        column indices and weights, padded with weight 0.
     scale : (N, L, H, W)
         The per-pixel scale ``s_{l,p}`` of each layer (L2 normalisation and 1/(1 + c)).
     ux, ux_t : (W, C), (C, W)
@@ -62,7 +137,7 @@ def lloyd_images(acts, acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, t
     C = x_off[L]
     Y = y_off[L]
     P = p_off[L]
-    for n in numba.prange(N):
+    for n in numba.prange(N):  # one image per task
         dt = centers0.dtype
         mu = centers0[n].copy()
         new_mu = np.empty((K, D), dtype=dt)
@@ -73,55 +148,18 @@ def lloyd_images(acts, acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, t
         low = np.empty((K, P), dtype=dt)
         counts = np.empty(K, dtype=dt)
         score = np.empty((K, W), dtype=dt)
-        v = np.empty(W, dtype=dt)
         kbest = np.empty(W, dtype=np.int64)
         best = np.empty((H, W), dtype=dt)
         lab = labels[n]
         lab[:, :] = -1
-        minus_two = np.full(1, -2.0, dtype=dt)[0]  # in the features' dtype: float32 arithmetic stays float32
         finishing = False
         for it in range(max_iter + 1):
             # 1. the centroids projected on the activations (proj), then upsampled along x (q)
-            proj[:, :] = 0.0
-            for k in range(K):
-                mu_sq[k] = np.sum(mu[k] * mu[k])
-            for l in range(L):
-                hw = p_off[l + 1] - p_off[l]
-                for k in range(K):
-                    pr = proj[k, p_off[l]:p_off[l + 1]]
-                    for c in range(d_off[l + 1] - d_off[l]):
-                        m = minus_two * mu[k, d_off[l] + c]
-                        ar = acts[n, a_off[l] + c * hw:a_off[l] + (c + 1) * hw]
-                        for p in range(hw):
-                            pr[p] += m * ar[p]
-            q[:, :, :] = 0.0
-            for l in range(L):
-                w = widths[l]
-                for k in range(K):
-                    for y in range(y_off[l + 1] - y_off[l]):
-                        qr = q[k, y_off[l] + y]
-                        for x in range(w):
-                            t = proj[k, p_off[l] + y * w + x]
-                            cx = x_off[l] + x
-                            ur = ux_t[cx]
-                            for j in range(j_lo[cx], j_hi[cx]):
-                                qr[j] += t * ur[j]
+            _project(mu, acts[n], a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi, mu_sq, proj, q)
             # 2. assignment, row by row
             n_changed = 0
             for i in range(H):
-                for k in range(K):
-                    sr = score[k]
-                    sr[:] = mu_sq[k]
-                    for l in range(L):
-                        v[:] = 0.0
-                        for y in range(y_lo[i, l], y_hi[i, l]):
-                            u = uy[i, y]
-                            qr = q[k, y]
-                            for j in range(W):
-                                v[j] += u * qr[j]
-                        sc = scale[n, l, i]
-                        for j in range(W):
-                            sr[j] += sc[j] * v[j]
+                _row_scores(i, q, mu_sq, y_tap, y_w, scale[n], score)
                 labr = lab[i]
                 bestr = best[i]
                 bestr[:] = score[0]
@@ -202,3 +240,72 @@ def lloyd_images(acts, acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, t
                     shift += (new_mu[k, d] - mu[k, d]) ** 2
                     mu[k, d] = new_mu[k, d]
             finishing = shift <= threshold[n]
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})  # reassoc: vectorised potential sums
+def kmeans_pp_images(acts, a_off, d_off, p_off, widths, sq_norm, uy, y_lo, y_hi, y_off, y_tap, y_w, scale, ux, ux_t,
+                     x_off, j_lo, j_hi, first, draws, out_idx, out_centers):  # pragma: no cover - compiled
+    """Greedy k-means++ seeding (:func:`xai_robust.nas._kmeans_pp_init`) on the implicit features, one image per task.
+
+    ``first`` (N,): the first centre's pixel; ``draws`` (N, K − 1, T) float64: the uniform draws of each round's T
+    candidates (inverse-CDF sampling ∝ the squared distance to the nearest chosen centre, uniform where all
+    distances are 0). Each round keeps the candidate that lowers the potential ``Σ_p min(d²_p, ‖x_p − c‖²)`` most
+    (the first on ties). Writes the chosen pixels ``out_idx`` (N, K) and their features ``out_centers`` (N, K, D).
+    Other arguments as in :func:`lloyd_images`.
+    """
+    N, K, D = out_centers.shape
+    T = draws.shape[2]
+    H, W = scale.shape[2], scale.shape[3]
+    P = p_off[p_off.shape[0] - 1]
+    Y = y_off[y_off.shape[0] - 1]
+    n_pix = H * W
+    for n in numba.prange(N):
+        dt = out_centers.dtype
+        cand = np.empty((T, D), dtype=dt)
+        cand_idx = np.empty(T, dtype=np.int64)
+        mu_sq = np.empty(T, dtype=dt)
+        proj = np.empty((T, P), dtype=dt)
+        q = np.empty((T, Y, W), dtype=dt)
+        score = np.empty((T, W), dtype=dt)
+        dist = np.empty((T, n_pix), dtype=dt)
+        d2 = np.empty(n_pix, dtype=dt)
+        potential = np.empty(T, dtype=np.float64)
+        sq = sq_norm[n]
+        for r in range(K):
+            if r == 0:
+                n_cand = 1
+                cand_idx[0] = first[n]
+            else:
+                n_cand = T
+                cdf = np.cumsum(d2.astype(np.float64))
+                total = cdf[n_pix - 1]
+                for t in range(T):
+                    u = draws[n, r - 1, t]
+                    if total > 0:
+                        cand_idx[t] = min(np.searchsorted(cdf, u * total, side="right"), n_pix - 1)
+                    else:
+                        cand_idx[t] = min(int(u * n_pix), n_pix - 1)
+            for t in range(n_cand):
+                _pixel_feature(cand_idx[t], acts[n], a_off, d_off, p_off, widths, uy, y_lo, y_hi, y_off, ux, x_off,
+                               scale[n], cand[t])
+            _project(cand[:n_cand], acts[n], a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi,
+                     mu_sq[:n_cand], proj[:n_cand], q[:n_cand])
+            potential[:] = 0.0
+            for i in range(H):
+                _row_scores(i, q[:n_cand], mu_sq[:n_cand], y_tap, y_w, scale[n], score[:n_cand])
+                sqr = sq[i * W:(i + 1) * W]
+                d2r = d2[i * W:(i + 1) * W]
+                for t in range(n_cand):
+                    dr = dist[t, i * W:(i + 1) * W]
+                    sr = score[t]
+                    for j in range(W):
+                        e = max(sqr[j] + sr[j], 0.0)
+                        dr[j] = min(e, d2r[j]) if r > 0 else e
+                    potential[t] += dr.sum()
+            best = 0
+            for t in range(1, n_cand):
+                if potential[t] < potential[best]:
+                    best = t
+            d2[:] = dist[best]
+            out_idx[n, r] = cand_idx[best]
+            out_centers[n, r] = cand[best]

@@ -400,6 +400,8 @@ def _kmeans_pp_init(feats, k, generator):
     As scikit-learn's ``KMeans`` default: each new centre is the best of ``2 + ⌊ln k⌋`` candidates drawn with
     probability ∝ the squared distance to the nearest chosen centre (the one that lowers the potential most).
     """
+    if isinstance(feats, _LowRes) and feats.sq_norm.device.type == "cpu" and _kernels() is not None:
+        return _kmeans_pp_images(feats, k, generator)
     n, p = feats.sq_norm.shape
     dev = feats.sq_norm.device
     trials = 2 + int(np.log(k))
@@ -493,39 +495,87 @@ def _kernels():
     return _nas_kernels
 
 
-def _lloyd_images(feats, init_idx, max_iter, tol=1e-4):
-    """:func:`_lloyd` for the implicit features on CPU: :func:`xai_robust._nas_kernels.lloyd_images`, one image
-    per task (same iterations, stopping rule and exact low-resolution arithmetic, no per-iteration overhead)."""
-    kern = _kernels()
-    n, k = init_idx.shape
+def _kernel_layout(feats) -> dict:
+    """The arrays the CPU kernels of :mod:`xai_robust._nas_kernels` read, built once per feature object."""
+    if getattr(feats, "_layout", None) is not None:
+        return feats._layout
     H, W = feats.shape
     dtype = feats.sq_norm.dtype
     acts = [a for a, _, _, _ in feats.blocks]
     uys = [torch.eye(H, dtype=dtype) if uy is None else uy for _, uy, _, _ in feats.blocks]
     uxs = [torch.eye(W, dtype=dtype) if ux is None else ux for _, _, ux, _ in feats.blocks]
-    offsets = lambda sizes: np.cumsum([0] + list(sizes)).astype(np.int64)  # noqa: E731
+
+    def offsets(sizes):
+        return np.cumsum([0] + list(sizes)).astype(np.int64)
+
     y_off, x_off = offsets(u.shape[1] for u in uys), offsets(u.shape[1] for u in uxs)
     nonzero = [(u != 0).numpy() for u in uys]  # the taps of each output row: a contiguous column range
-    y_lo = np.stack([nz.argmax(1) + o for nz, o in zip(nonzero, y_off)], 1).astype(np.int64)  # (H, L)
-    y_hi = np.stack([nz.shape[1] - nz[:, ::-1].argmax(1) + o for nz, o in zip(nonzero, y_off)], 1).astype(np.int64)
     ux_all = torch.cat(uxs, 1).contiguous()  # (W, C)
     nz_x = (ux_all != 0).numpy()
-    j_lo = nz_x.argmax(0).astype(np.int64)  # (C,) the output columns each low-resolution column reaches
-    j_hi = (W - nz_x[::-1].argmax(0)).astype(np.int64)
+    uy_all = torch.cat(uys, 1)
+    y_tap = np.zeros((H, len(uys), 4), dtype=np.int64)  # the (at most 4) taps of each output row, per layer
+    y_w = np.zeros((H, len(uys), 4), dtype=uy_all.numpy().dtype)
+    for l, (nz, o) in enumerate(zip(nonzero, y_off)):
+        for i in range(H):
+            taps = np.flatnonzero(nz[i]) + o
+            if len(taps) > 4:
+                raise ValueError(f"upsampling row {i} has {len(taps)} taps; the CPU kernels handle at most 4")
+            y_tap[i, l, :] = taps[0]
+            y_tap[i, l, :len(taps)] = taps
+            y_w[i, l, :len(taps)] = uy_all.numpy()[i, taps]
+    feats._layout = dict(
+        acts=torch.cat([a.flatten(1) for a in acts], 1).contiguous().numpy(),
+        a_off=offsets(a[0].numel() for a in acts), d_off=offsets(a.shape[1] for a in acts),
+        p_off=offsets(a.shape[2] * a.shape[3] for a in acts),
+        widths=np.array([a.shape[3] for a in acts], dtype=np.int64),
+        sq_norm=feats.sq_norm.contiguous().numpy(),
+        uy=uy_all.contiguous().numpy(),
+        y_lo=np.stack([nz.argmax(1) + o for nz, o in zip(nonzero, y_off)], 1).astype(np.int64),  # (H, L)
+        y_hi=np.stack([nz.shape[1] - nz[:, ::-1].argmax(1) + o for nz, o in zip(nonzero, y_off)], 1).astype(np.int64),
+        y_off=y_off, y_tap=y_tap, y_w=y_w,
+        scale=torch.stack([s for _, _, _, s in feats.blocks], 1).contiguous().numpy(),  # (N, L, H, W)
+        ux=ux_all.numpy(), ux_t=ux_all.T.contiguous().numpy(), x_off=x_off,
+        j_lo=nz_x.argmax(0).astype(np.int64),  # (C,) the output columns each low-resolution column reaches
+        j_hi=(W - nz_x[::-1].argmax(0)).astype(np.int64),
+    )
+    return feats._layout
+
+
+def _kmeans_pp_images(feats, k, generator):
+    """:func:`_kmeans_pp_init` for the implicit features on CPU (:func:`xai_robust._nas_kernels.kmeans_pp_images`),
+    with the same random draws in the same order."""
+    n, p = feats.sq_norm.shape
+    trials = 2 + int(np.log(k))
+    first = torch.randint(p, (n, 1), generator=generator)[:, 0].contiguous()
+    draws = torch.stack([torch.rand(n, trials, generator=generator, dtype=torch.float64) for _ in range(k - 1)], 1) \
+        if k > 1 else torch.zeros(n, 0, trials, dtype=torch.float64)
+    lay = _kernel_layout(feats)
+    idx = torch.empty(n, k, dtype=torch.long)
+    centers = torch.empty(n, k, int(lay["d_off"][-1]), dtype=feats.sq_norm.dtype)
+    _kernels().kmeans_pp_images(lay["acts"], lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"], lay["sq_norm"],
+                                lay["uy"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"],
+                                lay["scale"], lay["ux"], lay["ux_t"], lay["x_off"], lay["j_lo"], lay["j_hi"], first.numpy(),
+                                draws.contiguous().numpy(), idx.numpy(), centers.numpy())
+    return idx
+
+
+def _lloyd_images(feats, init_idx, max_iter, tol=1e-4):
+    """:func:`_lloyd` for the implicit features on CPU: :func:`xai_robust._nas_kernels.lloyd_images`, one image
+    per task (same iterations, stopping rule and exact low-resolution arithmetic, no per-iteration overhead)."""
+    n, k = init_idx.shape
+    H, W = feats.shape
+    dtype = feats.sq_norm.dtype
+    lay = _kernel_layout(feats)
+    acts_t = torch.cat([a.flatten(2).transpose(1, 2).flatten(1) for a, _, _, _ in feats.blocks], 1).contiguous()
     labels = torch.empty(n, H, W, dtype=torch.long)
     inertia = torch.empty(n, dtype=dtype)
     n_iter = torch.empty(n, dtype=torch.long)
     with _numba_chunks(1):  # images differ in their number of iterations: hand them out one by one
-        kern.lloyd_images(
-            torch.cat([a.flatten(1) for a in acts], 1).contiguous().numpy(),
-            torch.cat([a.flatten(2).transpose(1, 2).flatten(1) for a in acts], 1).contiguous().numpy(),
-            offsets(a[0].numel() for a in acts), offsets(a.shape[1] for a in acts),
-            offsets(a.shape[2] * a.shape[3] for a in acts), np.array([a.shape[3] for a in acts], dtype=np.int64),
-            feats.gather(init_idx).contiguous().numpy(), feats.sq_norm.contiguous().numpy(),
-            _tol_threshold(feats, tol).contiguous().numpy(), int(max_iter),
-            torch.cat(uys, 1).contiguous().numpy(), y_lo, y_hi, y_off,
-            torch.stack([s for _, _, _, s in feats.blocks], 1).contiguous().numpy(),
-            ux_all.numpy(), ux_all.T.contiguous().numpy(), x_off, j_lo, j_hi, labels.numpy(), inertia.numpy(), n_iter.numpy())
+        _kernels().lloyd_images(
+            lay["acts"], acts_t.numpy(), lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"],
+            feats.gather(init_idx).contiguous().numpy(), lay["sq_norm"], _tol_threshold(feats, tol).contiguous().numpy(),
+            int(max_iter), lay["uy"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"], lay["ux"], lay["ux_t"],
+            lay["x_off"], lay["j_lo"], lay["j_hi"], labels.numpy(), inertia.numpy(), n_iter.numpy())
     return labels.reshape(n, H * W), inertia
 
 
