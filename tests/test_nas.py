@@ -298,3 +298,68 @@ def test_cluster_saliency_and_overlap_hand_computed():
         nas.cluster_saliency(sal, labels, 2)
     with pytest.raises(ValueError, match="shape"):
         nas.cluster_saliency(sal[:, :1], labels, 3)
+
+
+# --------------------------------------------------------------------------------------------- CPU kernels
+def _mixed_acts(dtype, seed=2):
+    """Activations at three resolutions, one equal to the output's (an identity 'upsampling')."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(3, 5, 7, 6, generator=g, dtype=dtype),
+            torch.randn(3, 7, 3, 4, generator=g, dtype=dtype).relu(),
+            torch.randn(3, 4, 20, 18, generator=g, dtype=dtype)]
+
+
+@pytest.mark.parametrize("upsample", ["bicubic", "bilinear", "nearest"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_cpu_kernels_equal_the_pytorch_path(monkeypatch, upsample, normalize):
+    """The numba kernels (k-means++ and Lloyd, one image per task) and the batched PyTorch path make the same
+    seeding picks, labels and inertia (float64)."""
+    pytest.importorskip("numba")
+    size = (20, 18)
+    feats = nas._LowRes(_mixed_acts(torch.float64), size, upsample=upsample, normalize=normalize)
+    calls = []
+    real = nas._kernels
+    monkeypatch.setattr(nas, "_kernels", lambda: calls.append(1) or real())
+    idx_k = nas._kmeans_pp_init(feats, 5, torch.Generator().manual_seed(3))
+    lab_k, in_k = nas.kmeans_pixels(feats, 5, seed=3)
+    assert calls, "the CPU kernels were not used"
+    monkeypatch.setattr(nas, "_kernels", lambda: None)
+    idx_t = nas._kmeans_pp_init(feats, 5, torch.Generator().manual_seed(3))
+    lab_t, in_t = nas.kmeans_pixels(feats, 5, seed=3)
+    assert torch.equal(idx_k, idx_t)
+    assert torch.equal(lab_k, lab_t)
+    torch.testing.assert_close(in_k, in_t)
+    for max_iter in (0, 1, 3):  # the same stopping, image by image
+        init = idx_t
+        a = nas._lloyd(feats, init, max_iter)
+        monkeypatch.setattr(nas, "_kernels", real)
+        b = nas._lloyd(feats, init, max_iter)
+        monkeypatch.setattr(nas, "_kernels", lambda: None)
+        assert torch.equal(a[0], b[0])
+        torch.testing.assert_close(a[1], b[1])
+
+
+def test_cpu_kernel_matches_scikit_learn_lloyd_on_nas_features():
+    """Independent reference for the kernel path: scikit-learn's Lloyd on the materialised features."""
+    from sklearn.cluster import KMeans
+
+    pytest.importorskip("numba")
+    acts = _mixed_acts(torch.float64, seed=5)
+    size = (20, 18)
+    feats = nas._LowRes(acts, size)
+    dense = nas._features_from_activations(acts, size)
+    idx = torch.randint(size[0] * size[1], (3, 4), generator=torch.Generator().manual_seed(6))
+    labels, inertia = nas.kmeans_pixels(feats, 4, init_pixels=idx, tol=0.0, max_iter=300)
+    for i in range(3):
+        pts = dense[i].reshape(dense.shape[1], -1).T.numpy()
+        ref = KMeans(4, init=pts[idx[i].numpy()], n_init=1, algorithm="lloyd", tol=0.0, max_iter=300).fit(pts)
+        assert adjusted_rand_score(ref.labels_, labels[i].flatten().numpy()) == pytest.approx(1.0)
+        assert float(inertia[i]) == pytest.approx(ref.inertia_, rel=1e-9)
+
+
+def test_cpu_kernels_float32_agree_with_float64():
+    pytest.importorskip("numba")
+    acts = _mixed_acts(torch.float64, seed=7)
+    a = nas.kmeans_pixels(nas._LowRes(acts, (20, 18)), 4, seed=1)[0]
+    b = nas.kmeans_pixels(nas._LowRes([t.float() for t in acts], (20, 18)), 4, seed=1)[0]
+    assert (a == b).float().mean() > 0.99

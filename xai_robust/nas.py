@@ -19,6 +19,11 @@ low-resolution activations and ``s_p`` the per-pixel scale (``1/((1+c)‖(U a)_p
 
 All three are exact re-orderings of the direct computation (tested in ``tests/test_nas.py``), so k-means
 from the same initial pixels returns the same labels. Ward needs the features themselves and materialises them.
+
+On CPU the seeding and the Lloyd iterations run in compiled kernels (:mod:`xai_robust._nas_kernels`, numba),
+one image per task: per output row, the K scores (4 y-taps and the per-pixel scale per layer), their argmin
+and the cluster sums of the pixels that changed cluster are one pass that stays in cache. The batched PyTorch
+path (GPU, materialised features, or no numba) makes the same picks and labels (tested).
 """
 from __future__ import annotations
 
@@ -428,6 +433,8 @@ def _lloyd(feats, init_idx, max_iter, tol=1e-4, incremental=0.1):
     Stopped images leave the batch, so the remaining iterations only cost what the slow images need. Once fewer
     than a fraction ``incremental`` of the pixels change cluster, the cluster sums are updated with the moved
     pixels only instead of being recomputed (the same sums up to float rounding).
+
+    On CPU the implicit features go to :func:`_lloyd_images` (numba kernel, same iterations and labels).
 
     (Hamerly's distance bounds were tried and dropped: on NAS features 10–30 % of the pixels stay near a
     cluster boundary, and scoring pixels one by one costs ~100× more per pixel than the separable full pass.)
