@@ -16,24 +16,30 @@ import numpy as np
 _JIT = dict(cache=True, fastmath={"contract"})
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, fastmath={"contract", "reassoc"})  # reassoc: vectorised dot products
 def _project(mu, acts_n, a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi, mu_sq, proj, q):
-    """Centroids (K, D) -> ``‖μ_k‖²`` (K,), ``proj_l = −2 μ_l a_l`` (K, P) and ``q_l = proj_l U_xᵀ`` (K, Y, W)."""
+    """Centroids (K, D) -> ``‖μ_k‖²`` (K,), ``proj_l = −2 μ_l a_l`` (K, P) and ``q_l = proj_l U_xᵀ`` (K, Y, W).
+
+    ``acts_n`` holds each layer's activations pixel-major (h_l w_l × c_l), so every projection is a contiguous
+    dot product over the channels."""
     K = mu.shape[0]
     L = x_off.shape[0] - 1
     minus_two = np.full(1, -2.0, dtype=mu.dtype)[0]  # in the features' dtype: float32 arithmetic stays float32
     for k in range(K):
-        mu_sq[k] = np.sum(mu[k] * mu[k])
-    proj[:, :] = 0.0
+        s = mu[k, 0] * 0
+        for d in range(mu.shape[1]):
+            s += mu[k, d] * mu[k, d]
+        mu_sq[k] = s
     for l in range(L):
-        hw = p_off[l + 1] - p_off[l]
-        for k in range(K):
-            pr = proj[k, p_off[l]:p_off[l + 1]]
-            for c in range(d_off[l + 1] - d_off[l]):
-                m = minus_two * mu[k, d_off[l] + c]
-                ar = acts_n[a_off[l] + c * hw:a_off[l] + (c + 1) * hw]
-                for p in range(hw):
-                    pr[p] += m * ar[p]
+        nc = d_off[l + 1] - d_off[l]
+        for p in range(p_off[l + 1] - p_off[l]):
+            ar = acts_n[a_off[l] + p * nc:a_off[l] + (p + 1) * nc]
+            for k in range(K):
+                mr = mu[k, d_off[l]:d_off[l + 1]]
+                s = mr[0] * 0
+                for c in range(nc):
+                    s += mr[c] * ar[c]
+                proj[k, p_off[l] + p] = minus_two * s
     q[:, :, :] = 0.0
     for l in range(L):
         w = widths[l]
@@ -75,7 +81,6 @@ def _pixel_feature(pix, acts_n, a_off, d_off, p_off, widths, uy, y_lo, y_hi, y_o
     j = pix - i * W
     out[:] = 0.0
     for l in range(L):
-        hw = p_off[l + 1] - p_off[l]
         w = widths[l]
         sl = scale_n[l, i, j]
         for y in range(y_lo[i, l], y_hi[i, l]):
@@ -83,12 +88,15 @@ def _pixel_feature(pix, acts_n, a_off, d_off, p_off, widths, uy, y_lo, y_hi, y_o
                 g = sl * uy[i, y] * ux[j, x_off[l] + x]
                 if g != 0.0:
                     p = (y - y_off[l]) * w + x
-                    for c in range(d_off[l + 1] - d_off[l]):
-                        out[d_off[l] + c] += g * acts_n[a_off[l] + c * hw + p]
+                    nc = d_off[l + 1] - d_off[l]
+                    ar = acts_n[a_off[l] + p * nc:a_off[l] + (p + 1) * nc]
+                    orow = out[d_off[l]:d_off[l + 1]]
+                    for c in range(nc):
+                        orow[c] += g * ar[c]
 
 
 @numba.njit(parallel=True, **_JIT)
-def lloyd_images(acts, acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, threshold, max_iter, uy, y_lo, y_hi,
+def lloyd_images(acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, threshold, max_iter, uy, y_lo, y_hi,
                  y_off, y_tap, y_w, scale, ux, ux_t, x_off, j_lo, j_hi, labels, inertia, n_iter):  # pragma: no cover - compiled
     """Lloyd's k-means on the implicit NAS features, one image per task, each until its own stop.
 
@@ -105,8 +113,8 @@ def lloyd_images(acts, acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, t
 
     Parameters (A = Σ_l c_l h_l w_l, D = Σ_l c_l, P = Σ_l h_l w_l, Y = Σ_l h_l, C = Σ_l w_l; output H × W)
     ----------
-    acts, acts_t : (N, A)
-        Each layer's activations, c_l × h_l w_l (``acts``) and h_l w_l × c_l (``acts_t``), at ``a_off[l]``.
+    acts_t : (N, A)
+        Each layer's activations, pixel-major (h_l w_l × c_l), at ``a_off[l]``.
     a_off, d_off, p_off : (L + 1,) int64
         Each layer's range in ``acts``, among the D feature channels and among the P low-resolution pixels.
     widths : (L,) int64
@@ -155,7 +163,7 @@ def lloyd_images(acts, acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, t
         finishing = False
         for it in range(max_iter + 1):
             # 1. the centroids projected on the activations (proj), then upsampled along x (q)
-            _project(mu, acts[n], a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi, mu_sq, proj, q)
+            _project(mu, acts_t[n], a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi, mu_sq, proj, q)
             # 2. assignment, row by row
             n_changed = 0
             for i in range(H):
@@ -243,7 +251,7 @@ def lloyd_images(acts, acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, t
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})  # reassoc: vectorised potential sums
-def kmeans_pp_images(acts, a_off, d_off, p_off, widths, sq_norm, uy, y_lo, y_hi, y_off, y_tap, y_w, scale, ux, ux_t,
+def kmeans_pp_images(acts_t, a_off, d_off, p_off, widths, sq_norm, uy, y_lo, y_hi, y_off, y_tap, y_w, scale, ux, ux_t,
                      x_off, j_lo, j_hi, first, draws, out_idx, out_centers):  # pragma: no cover - compiled
     """Greedy k-means++ seeding (:func:`xai_robust.nas._kmeans_pp_init`) on the implicit features, one image per task.
 
@@ -286,9 +294,9 @@ def kmeans_pp_images(acts, a_off, d_off, p_off, widths, sq_norm, uy, y_lo, y_hi,
                     else:
                         cand_idx[t] = min(int(u * n_pix), n_pix - 1)
             for t in range(n_cand):
-                _pixel_feature(cand_idx[t], acts[n], a_off, d_off, p_off, widths, uy, y_lo, y_hi, y_off, ux, x_off,
+                _pixel_feature(cand_idx[t], acts_t[n], a_off, d_off, p_off, widths, uy, y_lo, y_hi, y_off, ux, x_off,
                                scale[n], cand[t])
-            _project(cand[:n_cand], acts[n], a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi,
+            _project(cand[:n_cand], acts_t[n], a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi,
                      mu_sq[:n_cand], proj[:n_cand], q[:n_cand])
             potential[:] = 0.0
             for i in range(H):

@@ -531,7 +531,7 @@ def _kernel_layout(feats) -> dict:
             y_tap[i, l, :len(taps)] = taps
             y_w[i, l, :len(taps)] = uy_all.numpy()[i, taps]
     feats._layout = dict(
-        acts=torch.cat([a.flatten(1) for a in acts], 1).contiguous().numpy(),
+        acts_t=torch.cat([a.flatten(2).transpose(1, 2).flatten(1) for a in acts], 1).contiguous().numpy(),
         a_off=offsets(a[0].numel() for a in acts), d_off=offsets(a.shape[1] for a in acts),
         p_off=offsets(a.shape[2] * a.shape[3] for a in acts),
         widths=np.array([a.shape[3] for a in acts], dtype=np.int64),
@@ -559,7 +559,7 @@ def _kmeans_pp_images(feats, k, generator):
     lay = _kernel_layout(feats)
     idx = torch.empty(n, k, dtype=torch.long)
     centers = torch.empty(n, k, int(lay["d_off"][-1]), dtype=feats.sq_norm.dtype)
-    _kernels().kmeans_pp_images(lay["acts"], lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"], lay["sq_norm"],
+    _kernels().kmeans_pp_images(lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"], lay["sq_norm"],
                                 lay["uy"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"],
                                 lay["scale"], lay["ux"], lay["ux_t"], lay["x_off"], lay["j_lo"], lay["j_hi"], first.numpy(),
                                 draws.contiguous().numpy(), idx.numpy(), centers.numpy())
@@ -573,13 +573,12 @@ def _lloyd_images(feats, init_idx, max_iter, tol=1e-4):
     H, W = feats.shape
     dtype = feats.sq_norm.dtype
     lay = _kernel_layout(feats)
-    acts_t = torch.cat([a.flatten(2).transpose(1, 2).flatten(1) for a, _, _, _ in feats.blocks], 1).contiguous()
     labels = torch.empty(n, H, W, dtype=torch.long)
     inertia = torch.empty(n, dtype=dtype)
     n_iter = torch.empty(n, dtype=torch.long)
     with _numba_chunks(1):  # images differ in their number of iterations: hand them out one by one
         _kernels().lloyd_images(
-            lay["acts"], acts_t.numpy(), lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"],
+            lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"],
             feats.gather(init_idx).contiguous().numpy(), lay["sq_norm"], _tol_threshold(feats, tol).contiguous().numpy(),
             int(max_iter), lay["uy"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"], lay["ux"], lay["ux_t"],
             lay["x_off"], lay["j_lo"], lay["j_hi"], labels.numpy(), inertia.numpy(), n_iter.numpy())
