@@ -13,15 +13,17 @@ import numba
 import numpy as np
 
 
-_JIT = dict(cache=True, fastmath={"contract"})
+# fastmath: FMA contraction and re-associated sums (vectorised reductions); no assumptions about NaN or infinity.
+# The results agree with the PyTorch path up to float rounding (identical labels in the float64 tests).
+_JIT = dict(cache=True, fastmath={"contract", "reassoc"})
 
 
-@numba.njit(cache=True, fastmath={"contract", "reassoc"})  # reassoc: vectorised dot products
-def _project(mu, acts_n, a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi, mu_sq, proj, q):
+@numba.njit(**_JIT)
+def _project(mu, acts_c, acts_n, a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi, mu_sq, proj, q):
     """Centroids (K, D) -> ``‖μ_k‖²`` (K,), ``proj_l = −2 μ_l a_l`` (K, P) and ``q_l = proj_l U_xᵀ`` (K, Y, W).
 
-    ``acts_n`` holds each layer's activations pixel-major (h_l w_l × c_l), so every projection is a contiguous
-    dot product over the channels."""
+    ``acts_c`` and ``acts_n`` hold each layer's activations channel-major (c_l × h_l w_l) and pixel-major
+    (h_l w_l × c_l); each layer uses the loop order whose inner loop is the longer one."""
     K = mu.shape[0]
     L = x_off.shape[0] - 1
     minus_two = np.full(1, -2.0, dtype=mu.dtype)[0]  # in the features' dtype: float32 arithmetic stays float32
@@ -32,14 +34,25 @@ def _project(mu, acts_n, a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, 
         mu_sq[k] = s
     for l in range(L):
         nc = d_off[l + 1] - d_off[l]
-        for p in range(p_off[l + 1] - p_off[l]):
-            ar = acts_n[a_off[l] + p * nc:a_off[l] + (p + 1) * nc]
+        hw = p_off[l + 1] - p_off[l]
+        if hw >= nc:  # many pixels, few channels: axpy over the pixels (channel-major activations)
             for k in range(K):
-                mr = mu[k, d_off[l]:d_off[l + 1]]
-                s = mr[0] * 0
+                pr = proj[k, p_off[l]:p_off[l + 1]]
+                pr[:] = 0.0
                 for c in range(nc):
-                    s += mr[c] * ar[c]
-                proj[k, p_off[l] + p] = minus_two * s
+                    m = minus_two * mu[k, d_off[l] + c]
+                    ar = acts_c[a_off[l] + c * hw:a_off[l] + (c + 1) * hw]
+                    for p in range(hw):
+                        pr[p] += m * ar[p]
+        else:  # few pixels, many channels: one dot product over the channels per pixel (pixel-major)
+            for p in range(hw):
+                ar = acts_n[a_off[l] + p * nc:a_off[l] + (p + 1) * nc]
+                for k in range(K):
+                    mr = mu[k, d_off[l]:d_off[l + 1]]
+                    s = mr[0] * 0
+                    for c in range(nc):
+                        s += mr[c] * ar[c]
+                    proj[k, p_off[l] + p] = minus_two * s
     q[:, :, :] = 0.0
     for l in range(L):
         w = widths[l]
@@ -73,7 +86,8 @@ def _row_scores(i, q, mu_sq, y_tap, y_w, scale_n, score):
 
 
 @numba.njit(**_JIT)
-def _pixel_feature(pix, acts_n, a_off, d_off, p_off, widths, uy, y_lo, y_hi, y_off, ux, x_off, scale_n, out):
+def _pixel_feature(pix, acts_n, a_off, d_off, p_off, widths, uy, y_lo, y_hi, y_off, ux, x_off, x_lo, x_hi, scale_n,
+                   out):
     """The feature ``x_p = concat_l s_{l,p} (U_l a_l)_p`` (D,) of output pixel ``pix`` (flat index), from its taps."""
     W = ux.shape[0]
     L = x_off.shape[0] - 1
@@ -84,7 +98,7 @@ def _pixel_feature(pix, acts_n, a_off, d_off, p_off, widths, uy, y_lo, y_hi, y_o
         w = widths[l]
         sl = scale_n[l, i, j]
         for y in range(y_lo[i, l], y_hi[i, l]):
-            for x in range(w):
+            for x in range(x_lo[j, l] - x_off[l], x_hi[j, l] - x_off[l]):
                 g = sl * uy[i, y] * ux[j, x_off[l] + x]
                 if g != 0.0:
                     p = (y - y_off[l]) * w + x
@@ -96,8 +110,8 @@ def _pixel_feature(pix, acts_n, a_off, d_off, p_off, widths, uy, y_lo, y_hi, y_o
 
 
 @numba.njit(parallel=True, **_JIT)
-def lloyd_images(acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, threshold, max_iter, uy, y_lo, y_hi,
-                 y_off, y_tap, y_w, scale, ux, ux_t, x_off, j_lo, j_hi, labels, inertia, n_iter):  # pragma: no cover - compiled
+def lloyd_images(acts_c, acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, threshold, max_iter, uy, y_lo, y_hi,
+                 y_off, y_tap, y_w, scale, ux, ux_t, x_off, x_lo, x_hi, j_lo, j_hi, labels, inertia, n_iter):  # pragma: no cover - compiled
     """Lloyd's k-means on the implicit NAS features, one image per task, each until its own stop.
 
     The whole of :func:`xai_robust.nas._lloyd` for one image, in the exact low-resolution form. Per iteration:
@@ -113,8 +127,8 @@ def lloyd_images(acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, thresho
 
     Parameters (A = Σ_l c_l h_l w_l, D = Σ_l c_l, P = Σ_l h_l w_l, Y = Σ_l h_l, C = Σ_l w_l; output H × W)
     ----------
-    acts_t : (N, A)
-        Each layer's activations, pixel-major (h_l w_l × c_l), at ``a_off[l]``.
+    acts_c, acts_t : (N, A)
+        Each layer's activations, channel-major (c_l × h_l w_l) and pixel-major (h_l w_l × c_l), at ``a_off[l]``.
     a_off, d_off, p_off : (L + 1,) int64
         Each layer's range in ``acts``, among the D feature channels and among the P low-resolution pixels.
     widths : (L,) int64
@@ -134,8 +148,9 @@ def lloyd_images(acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, thresho
     scale : (N, L, H, W)
         The per-pixel scale ``s_{l,p}`` of each layer (L2 normalisation and 1/(1 + c)).
     ux, ux_t : (W, C), (C, W)
-        The layers' x-upsampling matrices side by side (layer l at ``x_off[l]``) and transposed; ``j_lo, j_hi``
-        (C,): the non-zero row range of each column of ``ux``.
+        The layers' x-upsampling matrices side by side (layer l at ``x_off[l]``) and transposed; ``x_lo, x_hi``
+        (W, L): the non-zero column range (the taps) of row j for layer l; ``j_lo, j_hi`` (C,): the non-zero row
+        range of each column of ``ux``.
     labels, inertia, n_iter : (N, H, W) int64, (N,), (N,) int64
         Written: the final labels, inertia and number of assignment passes.
     """
@@ -163,7 +178,7 @@ def lloyd_images(acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, thresho
         finishing = False
         for it in range(max_iter + 1):
             # 1. the centroids projected on the activations (proj), then upsampled along x (q)
-            _project(mu, acts_t[n], a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi, mu_sq, proj, q)
+            _project(mu, acts_c[n], acts_t[n], a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi, mu_sq, proj, q)
             # 2. assignment, row by row
             n_changed = 0
             for i in range(H):
@@ -190,14 +205,14 @@ def lloyd_images(acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, thresho
                         add[C] += 1.0
                         for l in range(L):
                             sl = scale[n, l, i, j]
-                            for c in range(x_off[l], x_off[l + 1]):
+                            for c in range(x_lo[j, l], x_hi[j, l]):
                                 add[c] += sl * ux[j, c]
                         if old >= 0:
                             sub = row_sums[i, old]
                             sub[C] -= 1.0
                             for l in range(L):
                                 sl = scale[n, l, i, j]
-                                for c in range(x_off[l], x_off[l + 1]):
+                                for c in range(x_lo[j, l], x_hi[j, l]):
                                     sub[c] -= sl * ux[j, c]
             # 3. stopping rule
             if (it > 0 and (finishing or n_changed == 0)) or it == max_iter:
@@ -228,16 +243,26 @@ def lloyd_images(acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, thresho
                             for x in range(w):
                                 lr[x] += u * rr[x]
             new_mu[:, :] = 0.0
-            for l in range(L):
+            for l in range(L):  # cluster sums: the low-resolution masks times the activations
                 nc = d_off[l + 1] - d_off[l]
+                hw = p_off[l + 1] - p_off[l]
                 for k in range(K):
+                    lr = low[k, p_off[l]:p_off[l + 1]]
                     nr = new_mu[k, d_off[l]:d_off[l + 1]]
-                    for p in range(p_off[l + 1] - p_off[l]):
-                        m = low[k, p_off[l] + p]
-                        if m != 0.0:
-                            ar = acts_t[n, a_off[l] + p * nc:a_off[l] + (p + 1) * nc]
-                            for c in range(nc):
-                                nr[c] += m * ar[c]
+                    if hw >= nc:  # dot products over the pixels
+                        for c in range(nc):
+                            ar = acts_c[n, a_off[l] + c * hw:a_off[l] + (c + 1) * hw]
+                            s = lr[0] * 0
+                            for p in range(hw):
+                                s += lr[p] * ar[p]
+                            nr[c] = s
+                    else:  # axpy over the channels
+                        for p in range(hw):
+                            m = lr[p]
+                            if m != 0.0:
+                                ar = acts_t[n, a_off[l] + p * nc:a_off[l] + (p + 1) * nc]
+                                for c in range(nc):
+                                    nr[c] += m * ar[c]
             shift = 0.0
             for k in range(K):
                 for d in range(D):
@@ -250,9 +275,9 @@ def lloyd_images(acts_t, a_off, d_off, p_off, widths, centers0, sq_norm, thresho
             finishing = shift <= threshold[n]
 
 
-@numba.njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})  # reassoc: vectorised potential sums
-def kmeans_pp_images(acts_t, a_off, d_off, p_off, widths, sq_norm, uy, y_lo, y_hi, y_off, y_tap, y_w, scale, ux, ux_t,
-                     x_off, j_lo, j_hi, first, draws, out_idx, out_centers):  # pragma: no cover - compiled
+@numba.njit(parallel=True, **_JIT)
+def kmeans_pp_images(acts_c, acts_t, a_off, d_off, p_off, widths, sq_norm, uy, y_lo, y_hi, y_off, y_tap, y_w, scale, ux, ux_t,
+                     x_off, x_lo, x_hi, j_lo, j_hi, first, draws, out_idx, out_centers):  # pragma: no cover - compiled
     """Greedy k-means++ seeding (:func:`xai_robust.nas._kmeans_pp_init`) on the implicit features, one image per task.
 
     ``first`` (N,): the first centre's pixel; ``draws`` (N, K − 1, T) float64: the uniform draws of each round's T
@@ -295,8 +320,8 @@ def kmeans_pp_images(acts_t, a_off, d_off, p_off, widths, sq_norm, uy, y_lo, y_h
                         cand_idx[t] = min(int(u * n_pix), n_pix - 1)
             for t in range(n_cand):
                 _pixel_feature(cand_idx[t], acts_t[n], a_off, d_off, p_off, widths, uy, y_lo, y_hi, y_off, ux, x_off,
-                               scale[n], cand[t])
-            _project(cand[:n_cand], acts_t[n], a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi,
+                               x_lo, x_hi, scale[n], cand[t])
+            _project(cand[:n_cand], acts_c[n], acts_t[n], a_off, d_off, p_off, widths, y_off, x_off, ux_t, j_lo, j_hi,
                      mu_sq[:n_cand], proj[:n_cand], q[:n_cand])
             potential[:] = 0.0
             for i in range(H):

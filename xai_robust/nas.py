@@ -531,6 +531,7 @@ def _kernel_layout(feats) -> dict:
             y_tap[i, l, :len(taps)] = taps
             y_w[i, l, :len(taps)] = uy_all.numpy()[i, taps]
     feats._layout = dict(
+        acts_c=torch.cat([a.flatten(1) for a in acts], 1).contiguous().numpy(),
         acts_t=torch.cat([a.flatten(2).transpose(1, 2).flatten(1) for a in acts], 1).contiguous().numpy(),
         a_off=offsets(a[0].numel() for a in acts), d_off=offsets(a.shape[1] for a in acts),
         p_off=offsets(a.shape[2] * a.shape[3] for a in acts),
@@ -542,6 +543,9 @@ def _kernel_layout(feats) -> dict:
         y_off=y_off, y_tap=y_tap, y_w=y_w,
         scale=torch.stack([s for _, _, _, s in feats.blocks], 1).contiguous().numpy(),  # (N, L, H, W)
         ux=ux_all.numpy(), ux_t=ux_all.T.contiguous().numpy(), x_off=x_off,
+        x_lo=np.stack([(u != 0).numpy().argmax(1) + o for u, o in zip(uxs, x_off)], 1).astype(np.int64),  # (W, L)
+        x_hi=np.stack([u.shape[1] - (u != 0).numpy()[:, ::-1].argmax(1) + o for u, o in zip(uxs, x_off)],
+                      1).astype(np.int64),
         j_lo=nz_x.argmax(0).astype(np.int64),  # (C,) the output columns each low-resolution column reaches
         j_hi=(W - nz_x[::-1].argmax(0)).astype(np.int64),
     )
@@ -559,9 +563,9 @@ def _kmeans_pp_images(feats, k, generator):
     lay = _kernel_layout(feats)
     idx = torch.empty(n, k, dtype=torch.long)
     centers = torch.empty(n, k, int(lay["d_off"][-1]), dtype=feats.sq_norm.dtype)
-    _kernels().kmeans_pp_images(lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"], lay["sq_norm"],
+    _kernels().kmeans_pp_images(lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"], lay["sq_norm"],
                                 lay["uy"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"],
-                                lay["scale"], lay["ux"], lay["ux_t"], lay["x_off"], lay["j_lo"], lay["j_hi"], first.numpy(),
+                                lay["scale"], lay["ux"], lay["ux_t"], lay["x_off"], lay["x_lo"], lay["x_hi"], lay["j_lo"], lay["j_hi"], first.numpy(),
                                 draws.contiguous().numpy(), idx.numpy(), centers.numpy())
     return idx
 
@@ -578,10 +582,10 @@ def _lloyd_images(feats, init_idx, max_iter, tol=1e-4):
     n_iter = torch.empty(n, dtype=torch.long)
     with _numba_chunks(1):  # images differ in their number of iterations: hand them out one by one
         _kernels().lloyd_images(
-            lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"],
+            lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"],
             feats.gather(init_idx).contiguous().numpy(), lay["sq_norm"], _tol_threshold(feats, tol).contiguous().numpy(),
             int(max_iter), lay["uy"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"], lay["ux"], lay["ux_t"],
-            lay["x_off"], lay["j_lo"], lay["j_hi"], labels.numpy(), inertia.numpy(), n_iter.numpy())
+            lay["x_off"], lay["x_lo"], lay["x_hi"], lay["j_lo"], lay["j_hi"], labels.numpy(), inertia.numpy(), n_iter.numpy())
     return labels.reshape(n, H * W), inertia
 
 
