@@ -515,39 +515,37 @@ def _kernel_layout(feats) -> dict:
     def offsets(sizes):
         return np.cumsum([0] + list(sizes)).astype(np.int64)
 
+    def tap_range(us, offs):  # the non-zero column range of each row, per layer (a contiguous range for these)
+        nz = [(u != 0).numpy() for u in us]
+        lo = np.stack([z.argmax(1) + o for z, o in zip(nz, offs)], 1).astype(np.int64)
+        hi = np.stack([z.shape[1] - z[:, ::-1].argmax(1) + o for z, o in zip(nz, offs)], 1).astype(np.int64)
+        return lo, hi
+
     y_off, x_off = offsets(u.shape[1] for u in uys), offsets(u.shape[1] for u in uxs)
-    nonzero = [(u != 0).numpy() for u in uys]  # the taps of each output row: a contiguous column range
-    ux_all = torch.cat(uxs, 1).contiguous()  # (W, C)
-    nz_x = (ux_all != 0).numpy()
-    uy_all = torch.cat(uys, 1)
-    y_tap = np.zeros((H, len(uys), 4), dtype=np.int64)  # the (at most 4) taps of each output row, per layer
-    y_w = np.zeros((H, len(uys), 4), dtype=uy_all.numpy().dtype)
-    for l, (nz, o) in enumerate(zip(nonzero, y_off)):
+    y_lo, y_hi = tap_range(uys, y_off)
+    x_lo, x_hi = tap_range(uxs, x_off)
+    if int((y_hi - y_lo).max()) > 4:
+        raise ValueError("the CPU kernels handle upsampling with at most 4 taps per output row")
+    uy_all = torch.cat(uys, 1).contiguous().numpy()  # (H, Y)
+    y_tap = np.zeros((H, len(uys), 4), dtype=np.int64)  # the taps of each output row as local rows, weight 0 padded
+    y_w = np.zeros((H, len(uys), 4), dtype=uy_all.dtype)
+    for l in range(len(uys)):
         for i in range(H):
-            taps = np.flatnonzero(nz[i]) + o
-            if len(taps) > 4:
-                raise ValueError(f"upsampling row {i} has {len(taps)} taps; the CPU kernels handle at most 4")
-            y_tap[i, l, :] = taps[0]
-            y_tap[i, l, :len(taps)] = taps
-            y_w[i, l, :len(taps)] = uy_all.numpy()[i, taps]
+            taps = np.arange(y_lo[i, l], y_hi[i, l])
+            y_tap[i, l, :] = taps[0] - y_off[l]
+            y_tap[i, l, :len(taps)] = taps - y_off[l]
+            y_w[i, l, :len(taps)] = uy_all[i, taps]
+    ux_all = torch.cat(uxs, 1).contiguous()  # (W, C)
     feats._layout = dict(
         acts_c=torch.cat([a.flatten(1) for a in acts], 1).contiguous().numpy(),
         acts_t=torch.cat([a.flatten(2).transpose(1, 2).flatten(1) for a in acts], 1).contiguous().numpy(),
         a_off=offsets(a[0].numel() for a in acts), d_off=offsets(a.shape[1] for a in acts),
         p_off=offsets(a.shape[2] * a.shape[3] for a in acts),
-        widths=np.array([a.shape[3] for a in acts], dtype=np.int64),
         sq_norm=feats.sq_norm.contiguous().numpy(),
-        uy=uy_all.contiguous().numpy(),
-        y_lo=np.stack([nz.argmax(1) + o for nz, o in zip(nonzero, y_off)], 1).astype(np.int64),  # (H, L)
-        y_hi=np.stack([nz.shape[1] - nz[:, ::-1].argmax(1) + o for nz, o in zip(nonzero, y_off)], 1).astype(np.int64),
-        y_off=y_off, y_tap=y_tap, y_w=y_w,
+        uy=uy_all, uy_t=np.ascontiguousarray(uy_all.T), y_lo=y_lo, y_hi=y_hi, y_off=y_off, y_tap=y_tap, y_w=y_w,
         scale=torch.stack([s for _, _, _, s in feats.blocks], 1).contiguous().numpy(),  # (N, L, H, W)
-        ux=ux_all.numpy(), ux_t=ux_all.T.contiguous().numpy(), x_off=x_off,
-        x_lo=np.stack([(u != 0).numpy().argmax(1) + o for u, o in zip(uxs, x_off)], 1).astype(np.int64),  # (W, L)
-        x_hi=np.stack([u.shape[1] - (u != 0).numpy()[:, ::-1].argmax(1) + o for u, o in zip(uxs, x_off)],
-                      1).astype(np.int64),
-        j_lo=nz_x.argmax(0).astype(np.int64),  # (C,) the output columns each low-resolution column reaches
-        j_hi=(W - nz_x[::-1].argmax(0)).astype(np.int64),
+        ux=ux_all.numpy(), ux_t=ux_all.T.contiguous().numpy(), x_off=x_off, x_lo=x_lo, x_hi=x_hi,
+        ident=np.array([uy is None for _, uy, _, _ in feats.blocks], dtype=np.int64),
     )
     return feats._layout
 
@@ -563,10 +561,11 @@ def _kmeans_pp_images(feats, k, generator):
     lay = _kernel_layout(feats)
     idx = torch.empty(n, k, dtype=torch.long)
     centers = torch.empty(n, k, int(lay["d_off"][-1]), dtype=feats.sq_norm.dtype)
-    _kernels().kmeans_pp_images(lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"], lay["sq_norm"],
-                                lay["uy"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"],
-                                lay["scale"], lay["ux"], lay["ux_t"], lay["x_off"], lay["x_lo"], lay["x_hi"], lay["j_lo"], lay["j_hi"], first.numpy(),
-                                draws.contiguous().numpy(), idx.numpy(), centers.numpy())
+    _kernels().kmeans_pp_images(
+        lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["sq_norm"], lay["uy"], lay["y_lo"],
+        lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"], lay["ux"], lay["ux_t"], lay["x_off"],
+        lay["x_lo"], lay["x_hi"], lay["ident"], first.numpy(), draws.contiguous().numpy(), idx.numpy(),
+        centers.numpy())
     return idx
 
 
@@ -582,10 +581,11 @@ def _lloyd_images(feats, init_idx, max_iter, tol=1e-4):
     n_iter = torch.empty(n, dtype=torch.long)
     with _numba_chunks(1):  # images differ in their number of iterations: hand them out one by one
         _kernels().lloyd_images(
-            lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["widths"],
+            lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"],
             feats.gather(init_idx).contiguous().numpy(), lay["sq_norm"], _tol_threshold(feats, tol).contiguous().numpy(),
-            int(max_iter), lay["uy"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"], lay["ux"], lay["ux_t"],
-            lay["x_off"], lay["x_lo"], lay["x_hi"], lay["j_lo"], lay["j_hi"], labels.numpy(), inertia.numpy(), n_iter.numpy())
+            int(max_iter), lay["uy_t"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"],
+            lay["ux"], lay["ux_t"], lay["x_off"], lay["x_lo"], lay["x_hi"], lay["ident"], labels.numpy(),
+            inertia.numpy(), n_iter.numpy())
     return labels.reshape(n, H * W), inertia
 
 
