@@ -302,11 +302,13 @@ def test_cluster_saliency_and_overlap_hand_computed():
 
 # --------------------------------------------------------------------------------------------- CPU kernels
 def _mixed_acts(dtype, seed=2):
-    """Activations at three resolutions, one equal to the output's (an identity 'upsampling')."""
+    """Activations at four resolutions for a 20×18 output: two upsampled, one at the output's resolution (an
+    identity 'upsampling') and one larger (downsampled)."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(3, 5, 7, 6, generator=g, dtype=dtype),
             torch.randn(3, 7, 3, 4, generator=g, dtype=dtype).relu(),
-            torch.randn(3, 4, 20, 18, generator=g, dtype=dtype)]
+            torch.randn(3, 4, 20, 18, generator=g, dtype=dtype),
+            torch.randn(3, 3, 26, 23, generator=g, dtype=dtype)]
 
 
 @pytest.mark.parametrize("upsample", ["bicubic", "bilinear", "nearest"])

@@ -21,9 +21,10 @@ All three are exact re-orderings of the direct computation (tested in ``tests/te
 from the same initial pixels returns the same labels. Ward needs the features themselves and materialises them.
 
 On CPU the seeding and the Lloyd iterations run in compiled kernels (:mod:`xai_robust._nas_kernels`, numba),
-one image per task: per output row, the K scores (4 y-taps and the per-pixel scale per layer), their argmin
-and the cluster sums of the pixels that changed cluster are one pass that stays in cache. The batched PyTorch
-path (GPU, materialised features, or no numba) makes the same picks and labels (tested).
+one image per task: the low-resolution products are BLAS calls, and per output row the K scores (4 y-taps and
+the per-pixel scale per layer), their argmin and the cluster sums of the pixels that changed cluster are one
+pass that stays in cache. The batched PyTorch path (GPU, materialised features, or no numba) makes the same
+picks and labels (tested).
 """
 from __future__ import annotations
 
@@ -561,11 +562,12 @@ def _kmeans_pp_images(feats, k, generator):
     lay = _kernel_layout(feats)
     idx = torch.empty(n, k, dtype=torch.long)
     centers = torch.empty(n, k, int(lay["d_off"][-1]), dtype=feats.sq_norm.dtype)
-    _kernels().kmeans_pp_images(
-        lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["sq_norm"], lay["uy"], lay["y_lo"],
-        lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"], lay["ux"], lay["ux_t"], lay["x_off"],
-        lay["x_lo"], lay["x_hi"], lay["ident"], first.numpy(), draws.contiguous().numpy(), idx.numpy(),
-        centers.numpy())
+    with _numba_chunks(1):
+        _kernels().kmeans_pp_images(
+            lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["sq_norm"], lay["uy"], lay["y_lo"],
+            lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"], lay["ux"], lay["ux_t"], lay["x_off"],
+            lay["x_lo"], lay["x_hi"], lay["ident"], first.numpy(), draws.contiguous().numpy(), idx.numpy(),
+            centers.numpy())
     return idx
 
 
@@ -590,8 +592,17 @@ def _lloyd_images(feats, init_idx, max_iter, tol=1e-4):
 
 
 def _numba_chunks(size):
+    """Dynamic scheduling of the kernels' image loop in chunks of ``size``, with BLAS single-threaded inside it
+    (the kernels' small products run on the kernels' own threads; no oversubscription on many-core machines)."""
+    from contextlib import ExitStack
+
     import numba
-    return numba.parallel_chunksize(size)
+    from threadpoolctl import threadpool_limits
+
+    stack = ExitStack()
+    stack.enter_context(numba.parallel_chunksize(size))
+    stack.enter_context(threadpool_limits(1, user_api="blas"))
+    return stack
 
 
 def _tol_threshold(feats, tol):
