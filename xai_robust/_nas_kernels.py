@@ -1,6 +1,6 @@
-"""Compiled CPU kernel of the NAS k-means assignment step (numba), used by :mod:`xai_robust.nas`.
+"""Compiled CPU kernels (numba) of the NAS k-means: k-means++ seeding and Lloyd's iterations (:mod:`xai_robust.nas`).
 
-Lloyd's k-means over the implicit low-resolution features of NAS (chapter 07), one image per task. Per
+Both run over the implicit low-resolution features of NAS (chapter 07), one image per task. Per Lloyd
 iteration, each output row's K scores ``‖μ_k‖² − 2 x_p·μ_k``, their argmin and the update of the per-row
 cluster sums for the pixels that changed cluster happen in one pass that stays in cache; in PyTorch the
 same step takes a dozen full-resolution passes and ~30 small operations per iteration. The arithmetic is
@@ -44,7 +44,8 @@ def _project(mu, acts_c, a_off, d_off, p_off, y_off, x_off, ident, ux_t, mu_sq, 
         h = y_off[l + 1] - y_off[l]
         w = x_off[l + 1] - x_off[l]
         pl = proj[K * p_off[l]:K * p_off[l + 1]].reshape(K, hw)
-        np.dot(np.ascontiguousarray(mu[:, d_off[l]:d_off[l + 1]]) * -2, acts_c[a_off[l]:a_off[l] + nc * hw].reshape(nc, hw), pl)
+        m = np.ascontiguousarray(mu[:, d_off[l]:d_off[l + 1]]) * -2
+        np.dot(m, acts_c[a_off[l]:a_off[l] + nc * hw].reshape(nc, hw), pl)
         ql = q[K * y_off[l] * W:K * y_off[l + 1] * W].reshape(K * h, W)
         if ident[l]:
             ql[:, :] = pl.reshape(K * h, W)

@@ -564,10 +564,10 @@ def _kmeans_pp_images(feats, k, generator):
     centers = torch.empty(n, k, int(lay["d_off"][-1]), dtype=feats.sq_norm.dtype)
     with _numba_chunks(1):
         _kernels().kmeans_pp_images(
-            lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["sq_norm"], lay["uy"], lay["y_lo"],
-            lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"], lay["ux"], lay["ux_t"], lay["x_off"],
-            lay["x_lo"], lay["x_hi"], lay["ident"], first.numpy(), draws.contiguous().numpy(), idx.numpy(),
-            centers.numpy())
+            lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["sq_norm"],
+            lay["uy"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"],
+            lay["ux"], lay["ux_t"], lay["x_off"], lay["x_lo"], lay["x_hi"], lay["ident"],
+            first.numpy(), draws.contiguous().numpy(), idx.numpy(), centers.numpy())
     return idx
 
 
@@ -584,10 +584,11 @@ def _lloyd_images(feats, init_idx, max_iter, tol=1e-4):
     with _numba_chunks(1):  # images differ in their number of iterations: hand them out one by one
         _kernels().lloyd_images(
             lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"],
-            feats.gather(init_idx).contiguous().numpy(), lay["sq_norm"], _tol_threshold(feats, tol).contiguous().numpy(),
-            int(max_iter), lay["uy_t"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"],
-            lay["ux"], lay["ux_t"], lay["x_off"], lay["x_lo"], lay["x_hi"], lay["ident"], labels.numpy(),
-            inertia.numpy(), n_iter.numpy())
+            feats.gather(init_idx).contiguous().numpy(), lay["sq_norm"],
+            _tol_threshold(feats, tol).contiguous().numpy(), int(max_iter),
+            lay["uy_t"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"],
+            lay["ux"], lay["ux_t"], lay["x_off"], lay["x_lo"], lay["x_hi"], lay["ident"],
+            labels.numpy(), inertia.numpy(), n_iter.numpy())
     return labels.reshape(n, H * W), inertia
 
 
