@@ -648,6 +648,12 @@ def kmeans_pixels(features, n_clusters: int, *, seed: int = 0, n_init: int = 1, 
     labels : LongTensor[N, H, W]
     inertia : Tensor[N]
         Sum of squared distances to the assigned centroid.
+
+    Notes
+    -----
+    The implicit NAS features on CPU run in compiled numba kernels (:mod:`xai_robust._nas_kernels`; the first
+    call in a fresh environment compiles them, ~15–20 s per dtype on 2 cores, then they are cached on disk);
+    materialised features and GPU tensors run the batched PyTorch path. Both give the same picks and labels.
     """
     feats = _Dense(features) if isinstance(features, torch.Tensor) else features
     H, W = feats.shape
