@@ -365,3 +365,16 @@ def test_cpu_kernels_float32_agree_with_float64():
     a = nas.kmeans_pixels(nas._LowRes(acts, (20, 18)), 4, seed=1)[0]
     b = nas.kmeans_pixels(nas._LowRes([t.float() for t in acts], (20, 18)), 4, seed=1)[0]
     assert (a == b).float().mean() > 0.99
+
+
+def test_cpu_kernels_fall_back_to_pytorch_for_unsupported_upsampling():
+    """An upsampling with more than 4 taps per output row (none of PyTorch's modes) runs the PyTorch path."""
+    acts = _mixed_acts(torch.float64, seed=8)[:2]
+    feats = nas._LowRes(acts, (20, 18))
+    assert nas._use_kernels(feats) is (nas._kernels() is not None)
+    a, uy, ux, s = feats.blocks[0]
+    feats.blocks[0] = (a, torch.full_like(uy, 1 / uy.shape[1]), ux, s)  # every output row mixes all input rows
+    feats = nas._LowRes.subset(feats, torch.arange(3))  # a fresh object (no cached kernel layout)
+    assert not nas._use_kernels(feats)
+    labels, inertia = nas.kmeans_pixels(feats, 4, seed=0)
+    assert labels.shape == (3, 20, 18) and torch.isfinite(inertia).all()

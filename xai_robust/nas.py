@@ -406,7 +406,7 @@ def _kmeans_pp_init(feats, k, generator):
     As scikit-learn's ``KMeans`` default: each new centre is the best of ``2 + ⌊ln k⌋`` candidates drawn with
     probability ∝ the squared distance to the nearest chosen centre (the one that lowers the potential most).
     """
-    if isinstance(feats, _LowRes) and feats.sq_norm.device.type == "cpu" and _kernels() is not None:
+    if _use_kernels(feats):
         return _kmeans_pp_images(feats, k, generator)
     n, p = feats.sq_norm.shape
     dev = feats.sq_norm.device
@@ -443,7 +443,7 @@ def _lloyd(feats, init_idx, max_iter, tol=1e-4, incremental=0.1):
     n, k = init_idx.shape
     p = feats.sq_norm.shape[1]
     dev = feats.sq_norm.device
-    if isinstance(feats, _LowRes) and dev.type == "cpu" and _kernels() is not None:
+    if _use_kernels(feats):
         return _lloyd_images(feats, init_idx, max_iter, tol)
     centers = feats.gather(init_idx)
     threshold = _tol_threshold(feats, tol)
@@ -503,9 +503,17 @@ def _kernels():
     return _nas_kernels
 
 
-def _kernel_layout(feats) -> dict:
-    """The arrays the CPU kernels of :mod:`xai_robust._nas_kernels` read, built once per feature object."""
-    if getattr(feats, "_layout", None) is not None:
+def _use_kernels(feats) -> bool:
+    """Whether the CPU kernels run: implicit NAS features on CPU, numba importable, a supported upsampling."""
+    return (isinstance(feats, _LowRes) and feats.sq_norm.device.type == "cpu" and _kernels() is not None
+            and _kernel_layout(feats) is not None)
+
+
+def _kernel_layout(feats) -> dict | None:
+    """The arrays the CPU kernels of :mod:`xai_robust._nas_kernels` read, built once per feature object; None
+    where an upsampling has more than the 4 taps per output row the kernels handle (PyTorch's interpolation
+    modes never do; the PyTorch path then runs)."""
+    if hasattr(feats, "_layout"):
         return feats._layout
     H, W = feats.shape
     dtype = feats.sq_norm.dtype
@@ -526,7 +534,8 @@ def _kernel_layout(feats) -> dict:
     y_lo, y_hi = tap_range(uys, y_off)
     x_lo, x_hi = tap_range(uxs, x_off)
     if int((y_hi - y_lo).max()) > 4:
-        raise ValueError("the CPU kernels handle upsampling with at most 4 taps per output row")
+        feats._layout = None
+        return None
     uy_all = torch.cat(uys, 1).contiguous().numpy()  # (H, Y)
     y_tap = np.zeros((H, len(uys), 4), dtype=np.int64)  # the taps of each output row as local rows, weight 0 padded
     y_w = np.zeros((H, len(uys), 4), dtype=uy_all.dtype)
