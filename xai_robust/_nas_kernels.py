@@ -79,11 +79,10 @@ def _row_scores(i, q, mu_sq, y_tap, y_w, y_off, scale_n, score):
 
 
 @numba.njit(**_JIT)
-def _pixel_feature(pix, acts_n, a_off, d_off, p_off, uy, y_lo, y_hi, y_off, ux, x_off, x_lo, x_hi, scale_n, out):
-    """The feature ``x_p = concat_l s_{l,p} (U_l a_l)_p`` (D,) of output pixel ``pix`` (flat index), from its taps.
-
-    ``acts_n`` holds each layer's activations pixel-major (h_l w_l × c_l) at ``a_off[l]``."""
-    W = ux.shape[0]
+def _pixel_feature(pix, acts_n, a_off, d_off, y_tap, y_w, x_off, x_tap, x_w, scale_n, out):
+    """The feature ``x_p = concat_l s_{l,p} (U_l a_l)_p`` (D,) of output pixel ``pix`` (flat index), from its
+    interpolation taps. ``acts_n`` holds each layer's activations pixel-major (h_l w_l × c_l) at ``a_off[l]``."""
+    W = x_tap.shape[0]
     L = x_off.shape[0] - 1
     i = pix // W
     j = pix - i * W
@@ -93,19 +92,19 @@ def _pixel_feature(pix, acts_n, a_off, d_off, p_off, uy, y_lo, y_hi, y_off, ux, 
         nc = d_off[l + 1] - d_off[l]
         sl = scale_n[l, i, j]
         orow = out[d_off[l]:d_off[l + 1]]
-        for y in range(y_lo[i, l], y_hi[i, l]):
-            for c in range(x_lo[j, l], x_hi[j, l]):
-                g = sl * uy[i, y] * ux[j, c]
-                p = (y - y_off[l]) * w + (c - x_off[l])
-                ar = acts_n[a_off[l] + p * nc:a_off[l] + (p + 1) * nc]
-                for ch in range(nc):
-                    orow[ch] += g * ar[ch]
+        for ty in range(y_tap.shape[2]):
+            for tx in range(x_tap.shape[2]):
+                g = sl * y_w[i, l, ty] * x_w[j, l, tx]
+                if g != 0.0:
+                    p = y_tap[i, l, ty] * w + x_tap[j, l, tx]
+                    ar = acts_n[a_off[l] + p * nc:a_off[l] + (p + 1) * nc]
+                    for ch in range(nc):
+                        orow[ch] += g * ar[ch]
 
 
 @numba.njit(parallel=True, **_JIT)
-def lloyd_images(acts_c, acts_t, a_off, d_off, p_off, centers0, sq_norm, threshold, max_iter, uy_t, y_lo, y_hi, y_off,
-                 y_tap, y_w, scale, ux, ux_t, x_off, x_lo, x_hi, ident, labels, inertia,
-                 n_iter):  # pragma: no cover - compiled
+def lloyd_images(acts_c, acts_t, a_off, d_off, p_off, centers0, sq_norm, threshold, max_iter, uy_t, y_off, y_tap,
+                 y_w, scale, ux_t, x_off, x_tap, x_w, ident, labels, inertia, n_iter):  # pragma: no cover - compiled
     """Lloyd's k-means on the implicit NAS features, one image per task, each until its own stop.
 
     The whole of :func:`xai_robust.nas._lloyd` for one image, in the exact low-resolution form. Per iteration:
@@ -136,14 +135,14 @@ def lloyd_images(acts_c, acts_t, a_off, d_off, p_off, centers0, sq_norm, thresho
     max_iter : int
         Maximum number of centroid updates.
     uy_t : (Y, H)
-        The layers' y-upsampling matrices, transposed and stacked (layer l's rows at ``y_off[l]``); ``y_lo, y_hi``
-        (H, L): the non-zero range (the taps) of output row i for layer l, in Y; ``y_tap, y_w`` (H, L, 4): the
-        same taps as local row indices and weights, padded with weight 0.
+        The layers' y-upsampling matrices, transposed and stacked (layer l's rows at ``y_off[l]``); ``y_tap, y_w``
+        (H, L, 4): the (at most 4) taps of output row i for layer l, as local row indices and weights (padded
+        with weight 0).
     scale : (N, L, H, W)
         The per-pixel scale ``s_{l,p}`` of each layer (L2 normalisation and 1/(1 + c)).
-    ux, ux_t : (W, C), (C, W)
-        The layers' x-upsampling matrices side by side (layer l at ``x_off[l]``) and transposed; ``x_lo, x_hi``
-        (W, L): the non-zero range (the taps) of output column j for layer l, in C.
+    ux_t : (C, W)
+        The layers' x-upsampling matrices, transposed and stacked (layer l's rows at ``x_off[l]``); ``x_tap, x_w``
+        (W, L, 4): the taps of output column j, as ``y_tap, y_w``.
     ident : (L,) int64
         1 for a layer at the output resolution (no upsampling).
     labels, inertia, n_iter : (N, H, W) int64, (N,), (N,) int64
@@ -202,12 +201,14 @@ def lloyd_images(acts_c, acts_t, a_off, d_off, p_off, centers0, sq_norm, thresho
                         for l in range(L):
                             sl = scale[n, l, i, j]
                             w = x_off[l + 1] - x_off[l]
-                            blk = K * H * x_off[l] - x_off[l]
-                            for c in range(x_lo[j, l], x_hi[j, l]):
-                                g = sl * ux[j, c]
-                                row_sums[blk + (kb * H + i) * w + c] += g
-                                if old >= 0:
-                                    row_sums[blk + (old * H + i) * w + c] -= g
+                            blk = K * H * x_off[l]
+                            for t in range(x_tap.shape[2]):
+                                g = sl * x_w[j, l, t]
+                                if g != 0.0:
+                                    c = x_tap[j, l, t]
+                                    row_sums[blk + (kb * H + i) * w + c] += g
+                                    if old >= 0:
+                                        row_sums[blk + (old * H + i) * w + c] -= g
             # 3. stopping rule
             if (it > 0 and (finishing or n_changed == 0)) or it == max_iter:
                 total = 0.0
@@ -249,15 +250,15 @@ def lloyd_images(acts_c, acts_t, a_off, d_off, p_off, centers0, sq_norm, thresho
 
 
 @numba.njit(parallel=True, **_JIT)
-def kmeans_pp_images(acts_c, acts_t, a_off, d_off, p_off, sq_norm, uy, y_lo, y_hi, y_off, y_tap, y_w, scale, ux, ux_t,
-                     x_off, x_lo, x_hi, ident, first, draws, out_idx, out_centers):  # pragma: no cover - compiled
+def kmeans_pp_images(acts_c, acts_t, a_off, d_off, p_off, sq_norm, y_off, y_tap, y_w, scale, ux_t, x_off, x_tap, x_w,
+                     ident, first, draws, out_idx, out_centers):  # pragma: no cover - compiled
     """Greedy k-means++ seeding (:func:`xai_robust.nas._kmeans_pp_init`) on the implicit features, one image per task.
 
     ``first`` (N,): the first centre's pixel; ``draws`` (N, K − 1, T) float64: the uniform draws of each round's T
     candidates (inverse-CDF sampling ∝ the squared distance to the nearest chosen centre, uniform where all
     distances are 0). Each round keeps the candidate that lowers the potential ``Σ_p min(d²_p, ‖x_p − c‖²)`` most
     (the first on ties). Writes the chosen pixels ``out_idx`` (N, K) and their features ``out_centers`` (N, K, D).
-    ``uy`` (H, Y) is the layers' y-upsampling matrices side by side; other arguments as in :func:`lloyd_images`.
+    Other arguments as in :func:`lloyd_images`.
     """
     N, K, D = out_centers.shape
     T = draws.shape[2]
@@ -292,8 +293,7 @@ def kmeans_pp_images(acts_c, acts_t, a_off, d_off, p_off, sq_norm, uy, y_lo, y_h
                     else:
                         cand_idx[t] = min(int(u * n_pix), n_pix - 1)
             for t in range(n_cand):
-                _pixel_feature(cand_idx[t], acts_t[n], a_off, d_off, p_off, uy, y_lo, y_hi, y_off, ux, x_off, x_lo,
-                               x_hi, scale[n], cand[t])
+                _pixel_feature(cand_idx[t], acts_t[n], a_off, d_off, y_tap, y_w, x_off, x_tap, x_w, scale[n], cand[t])
             _project(cand[:n_cand], acts_c[n], a_off, d_off, p_off, y_off, x_off, ident, ux_t, mu_sq[:n_cand],
                      proj, q)
             potential[:] = 0.0

@@ -141,13 +141,20 @@ def upsample_matrix(n_in: int, n_out: int, mode: str = "bicubic", *, dtype=torch
     return out[0, :, :, 0].T.contiguous()
 
 
-def _taps(u: torch.Tensor):
+def _taps(u: torch.Tensor, n_taps: int | None = None):
     """Column indices and weights of the non-zero entries of each row of an interpolation matrix, (n_out, T) each
-    (rows with fewer than T non-zeros are padded with weight 0)."""
+    (rows with fewer than T non-zeros are padded with weight 0). T is the largest number of non-zeros in a row,
+    or ``n_taps`` if given (then None where a row has more)."""
     nz = (u != 0).to(torch.int8)
     t = max(int(nz.sum(1).max()), 1)
+    if n_taps is not None and t > n_taps:
+        return None
     cols = torch.sort(nz, dim=1, descending=True, stable=True).indices[:, :t]
-    return cols, u.gather(1, cols)
+    weights = u.gather(1, cols)
+    if n_taps is not None and n_taps > t:  # pad with the first tap at weight 0
+        cols = torch.cat([cols, cols[:, :1].expand(-1, n_taps - t)], 1)
+        weights = torch.cat([weights, weights.new_zeros(weights.shape[0], n_taps - t)], 1)
+    return cols, weights
 
 
 def _bandwidth(u: torch.Tensor) -> int:
@@ -511,8 +518,8 @@ def _use_kernels(feats) -> bool:
 
 def _kernel_layout(feats) -> dict | None:
     """The arrays the CPU kernels of :mod:`xai_robust._nas_kernels` read, built once per feature object; None
-    where an upsampling has more than the 4 taps per output row the kernels handle (PyTorch's interpolation
-    modes never do; the PyTorch path then runs)."""
+    where an upsampling has more than the 4 taps per output row or column that the kernels handle (PyTorch's
+    interpolation modes never do; the PyTorch path then runs)."""
     if hasattr(feats, "_layout"):
         return feats._layout
     H, W = feats.shape
@@ -524,37 +531,27 @@ def _kernel_layout(feats) -> dict | None:
     def offsets(sizes):
         return np.cumsum([0] + list(sizes)).astype(np.int64)
 
-    def tap_range(us, offs):  # the non-zero column range of each row, per layer (a contiguous range for these)
-        nz = [(u != 0).numpy() for u in us]
-        lo = np.stack([z.argmax(1) + o for z, o in zip(nz, offs)], 1).astype(np.int64)
-        hi = np.stack([z.shape[1] - z[:, ::-1].argmax(1) + o for z, o in zip(nz, offs)], 1).astype(np.int64)
-        return lo, hi
-
-    y_off, x_off = offsets(u.shape[1] for u in uys), offsets(u.shape[1] for u in uxs)
-    y_lo, y_hi = tap_range(uys, y_off)
-    x_lo, x_hi = tap_range(uxs, x_off)
-    if int((y_hi - y_lo).max()) > 4:
+    taps_y = [_taps(u, 4) for u in uys]  # the (at most 4) taps of each output row / column, per layer
+    taps_x = [_taps(u, 4) for u in uxs]
+    if any(t is None for t in taps_y + taps_x):
         feats._layout = None
         return None
-    uy_all = torch.cat(uys, 1).contiguous().numpy()  # (H, Y)
-    y_tap = np.zeros((H, len(uys), 4), dtype=np.int64)  # the taps of each output row as local rows, weight 0 padded
-    y_w = np.zeros((H, len(uys), 4), dtype=uy_all.dtype)
-    for l in range(len(uys)):
-        for i in range(H):
-            taps = np.arange(y_lo[i, l], y_hi[i, l])
-            y_tap[i, l, :] = taps[0] - y_off[l]
-            y_tap[i, l, :len(taps)] = taps - y_off[l]
-            y_w[i, l, :len(taps)] = uy_all[i, taps]
-    ux_all = torch.cat(uxs, 1).contiguous()  # (W, C)
+
+    def stack(taps, part):  # (H or W, L, 4)
+        return np.ascontiguousarray(torch.stack([t[part] for t in taps], 1).numpy())
+
+    uy_all = torch.cat(uys, 1)  # (H, Y)
     feats._layout = dict(
         acts_c=torch.cat([a.flatten(1) for a in acts], 1).contiguous().numpy(),
         acts_t=torch.cat([a.flatten(2).transpose(1, 2).flatten(1) for a in acts], 1).contiguous().numpy(),
         a_off=offsets(a[0].numel() for a in acts), d_off=offsets(a.shape[1] for a in acts),
         p_off=offsets(a.shape[2] * a.shape[3] for a in acts),
         sq_norm=feats.sq_norm.contiguous().numpy(),
-        uy=uy_all, uy_t=np.ascontiguousarray(uy_all.T), y_lo=y_lo, y_hi=y_hi, y_off=y_off, y_tap=y_tap, y_w=y_w,
+        uy_t=uy_all.T.contiguous().numpy(), y_off=offsets(u.shape[1] for u in uys),
+        y_tap=stack(taps_y, 0), y_w=stack(taps_y, 1),
         scale=torch.stack([s for _, _, _, s in feats.blocks], 1).contiguous().numpy(),  # (N, L, H, W)
-        ux=ux_all.numpy(), ux_t=ux_all.T.contiguous().numpy(), x_off=x_off, x_lo=x_lo, x_hi=x_hi,
+        ux_t=torch.cat(uxs, 1).T.contiguous().numpy(), x_off=offsets(u.shape[1] for u in uxs),
+        x_tap=stack(taps_x, 0), x_w=stack(taps_x, 1),
         ident=np.array([uy is None for _, uy, _, _ in feats.blocks], dtype=np.int64),
     )
     return feats._layout
@@ -574,9 +571,8 @@ def _kmeans_pp_images(feats, k, generator):
     with _numba_chunks(1):
         _kernels().kmeans_pp_images(
             lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"], lay["sq_norm"],
-            lay["uy"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"],
-            lay["ux"], lay["ux_t"], lay["x_off"], lay["x_lo"], lay["x_hi"], lay["ident"],
-            first.numpy(), draws.contiguous().numpy(), idx.numpy(), centers.numpy())
+            lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"], lay["ux_t"], lay["x_off"], lay["x_tap"],
+            lay["x_w"], lay["ident"], first.numpy(), draws.contiguous().numpy(), idx.numpy(), centers.numpy())
     return idx
 
 
@@ -595,9 +591,8 @@ def _lloyd_images(feats, init_idx, max_iter, tol=1e-4):
             lay["acts_c"], lay["acts_t"], lay["a_off"], lay["d_off"], lay["p_off"],
             feats.gather(init_idx).contiguous().numpy(), lay["sq_norm"],
             _tol_threshold(feats, tol).contiguous().numpy(), int(max_iter),
-            lay["uy_t"], lay["y_lo"], lay["y_hi"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"],
-            lay["ux"], lay["ux_t"], lay["x_off"], lay["x_lo"], lay["x_hi"], lay["ident"],
-            labels.numpy(), inertia.numpy(), n_iter.numpy())
+            lay["uy_t"], lay["y_off"], lay["y_tap"], lay["y_w"], lay["scale"], lay["ux_t"], lay["x_off"],
+            lay["x_tap"], lay["x_w"], lay["ident"], labels.numpy(), inertia.numpy(), n_iter.numpy())
     return labels.reshape(n, H * W), inertia
 
 
