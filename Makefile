@@ -1,5 +1,6 @@
 # `make book`: the book (executes every chapter in the `ci` profile, builds _build/html).
 # `make test`: unit tests, every chapter executed, the papers' claims checked, the book built with warnings as errors.
+# `make reproduce`: every chapter at seeds 0, 1, 2 and one table of every claim's figure per seed (mean ± sd).
 # Both create .venv and install what they need (pinned by constraints.txt) on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export XAI_ROBUST_RESULTS := $(CURDIR)/results
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test unit chapters claims html html-strict clean
+.PHONY: book test unit chapters claims html html-strict reproduce clean
 
 $(VENV)/.installed-%: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,10 @@ chapters: $(VENV)/.installed-book
 
 claims: $(VENV)/.installed-test
 	$(PY) -m pytest tests/test_claims.py -q -rs
+
+# every chapter at seeds 0, 1, 2: results/reproduction.json and the book's reproduction page (about 3x `chapters`)
+reproduce: $(VENV)/.installed-book
+	$(PY) tools/reproduce.py --seeds 0 1 2
 
 html: $(VENV)/.installed-book
 	$(PY) tools/book.py build

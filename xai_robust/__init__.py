@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 __version__ = "0.1.0"
-__all__ = ["device", "seed_everything", "cache_dir", "results_dir", "save_results", "load_results"]
+__all__ = ["device", "seed_everything", "cache_dir", "results_dir", "save_results", "load_results", "seed_spread"]
 
 _SUBMODULES = {"attribution", "cluster", "data", "dfr", "grouped", "isnet", "losses", "lrp", "metrics",
-               "models", "nas", "profiles", "sca", "superpixels", "train", "viz"}
+               "models", "nas", "pretrain", "profiles", "sca", "superpixels", "train", "viz"}
 
 
 def __getattr__(name):  # lazy submodule import (PEP 562)
@@ -101,3 +101,49 @@ def load_results(name: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run notebooks/{name}.ipynb first (make test does)")
     return json.loads(path.read_text())
+
+
+def _reproduction_table(path=None):
+    if path is not None:
+        candidates = [Path(path)]
+    elif "XAI_ROBUST_REPRODUCTION" in os.environ:
+        candidates = [Path(os.environ["XAI_ROBUST_REPRODUCTION"])]
+    else:
+        candidates = [Path("../book/reproduction.json"), Path("book/reproduction.json")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    return None
+
+
+def seed_spread(chapter: str, key: str, *, fmt: str = ".1f", path=None) -> str:
+    """The spread of a chapter's figure over seeds, from the recorded reproduction (``make reproduce``).
+
+    ``tools/reproduce.py`` executes every chapter at seeds 0, 1, 2 and records each figure's mean and standard
+    deviation in ``book/reproduction.json``; chapters show the spread beside the figure it qualifies.
+
+    Parameters
+    ----------
+    chapter : str
+        Notebook name, e.g. ``"04_exmap"``.
+    key : str
+        A key of that chapter's results JSON.
+    fmt : str
+        Number format of the mean and the standard deviation.
+    path : str or Path, optional
+        The table; default ``$XAI_ROBUST_REPRODUCTION``, else ``book/reproduction.json`` seen from the
+        repository root or from ``notebooks/``.
+
+    Returns
+    -------
+    str
+        e.g. ``"(seeds 0–2: 72.1 ± 4.3)"``, or ``"(spread over seeds not recorded)"`` when the table or the
+        figure is missing (a notebook opened outside the repository, or a new figure).
+    """
+    table = _reproduction_table(path)
+    entry = (table or {}).get("chapters", {}).get(chapter, {}).get(key)
+    if not entry or "mean" not in entry:
+        return "(spread over seeds not recorded)"
+    seeds = table.get("seeds", [])
+    label = f"seeds {seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else "seeds"
+    return f"({label}: {entry['mean']:{fmt}} ± {entry['sd']:{fmt}})"

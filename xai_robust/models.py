@@ -139,7 +139,8 @@ class NormalizedResNet(nn.Module):
         return self.fc(self.flatten(self.avgpool(x)))
 
 
-def build(arch: str, num_classes: int, *, in_channels: int = 3, seed: int | None = None, **kwargs) -> nn.Module:
+def build(arch: str, num_classes: int, *, in_channels: int = 3, seed: int | None = None, pretrained=None,
+          progress_bar: bool = True, **kwargs) -> nn.Module:
     """Build a classifier by name.
 
     Parameters
@@ -149,7 +150,13 @@ def build(arch: str, num_classes: int, *, in_channels: int = 3, seed: int | None
     in_channels : int
         1 for grayscale digits, 3 for colour images.
     seed : int, optional
-        Seed for the weight initialisation.
+        Seed for the weight initialisation (of the head only, when ``pretrained`` is given).
+    pretrained : {None, 'shapes', 'glyphs', 'imagenet'} or path or dict
+        Start from pretrained weights (every tensor but the classifier head; :func:`xai_robust.pretrain.initialize`):
+        a synthetic corpus's cached backbone (the ``ci`` world's ImageNet), torchvision's ImageNet weights, or a
+        state dict (file or dict). None: random initialisation.
+    progress_bar : bool
+        Progress bar while a synthetic backbone is pretrained (first use only).
     **kwargs
         Passed to the architecture (e.g. ``width``, ``widths``, ``stem_stride``, ``small_input``).
     """
@@ -157,17 +164,25 @@ def build(arch: str, num_classes: int, *, in_channels: int = 3, seed: int | None
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     if seed is not None:
         torch.manual_seed(seed)
+    model_kwargs = dict(kwargs)
     if arch == "conv2net":
-        return Conv2Net(num_classes, in_channels, **kwargs)
-    if arch == "small_resnet":
-        return SmallResNet(num_classes, in_channels, **kwargs)
-    if arch in ("resnet18", "resnet50"):
+        model = Conv2Net(num_classes, in_channels, **kwargs)
+    elif arch == "small_resnet":
+        model = SmallResNet(num_classes, in_channels, **kwargs)
+    elif arch in ("resnet18", "resnet50"):
         import torchvision
 
         small_input = kwargs.pop("small_input", True)
         net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes, **kwargs)
-        return NormalizedResNet(net, in_channels, small_input=small_input)
-    raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+        model = NormalizedResNet(net, in_channels, small_input=small_input)
+    else:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    if pretrained is not None and pretrained is not False:
+        from .pretrain import initialize
+
+        initialize(model, arch, pretrained, in_channels=in_channels, model_kwargs=model_kwargs,
+                   progress_bar=progress_bar)
+    return model
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

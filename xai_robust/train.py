@@ -212,9 +212,10 @@ def erm(name: str, *, profile: str = "ci", seed: int = 0, progress_bar: bool = T
     arch = recipe.pop("arch")
     overrides = {**recipe.pop("data", {}), **data_overrides}
     model_kwargs = recipe.pop("model", {})
-    recipe.pop("pretrained", None)
+    pretrained = recipe.pop("pretrained", None)
     train_set = data.load(name, "train", profile=profile, seed=seed, **overrides)
     in_channels = train_set.images.shape[1]
-    model = models.build(arch, train_set.num_classes, in_channels=in_channels, seed=seed, **model_kwargs)
+    model = models.build(arch, train_set.num_classes, in_channels=in_channels, seed=seed, pretrained=pretrained,
+                         progress_bar=progress_bar, **model_kwargs)
     fit(model, train_set, seed=seed, progress_bar=progress_bar, desc=f"ERM on {name}", **recipe)
     return model, train_set
