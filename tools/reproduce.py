@@ -28,29 +28,43 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from book import notebooks  # noqa: E402
 
-# (chapter, result key, what it is, the paper's number or None, the claim tested on it)
+# (chapter, result key or (key_a, key_b) for the per-seed difference a - b, what it is, the paper's number or None,
+#  the claim tested on it)
 CLAIMS = [
     ("01_shortcuts", "spurious_scenes_erm_weighted_mean_acc", "scenes ERM: mean (train-weighted)", 98.1,
      "≥ 95 %"),
     ("01_shortcuts", "spurious_scenes_erm_worst_group_acc", "scenes ERM: worst group", 76.8, "25–92 %"),
     ("01_shortcuts", "colored_digits_erm_weighted_mean_acc", "colored digits ERM: mean (train-weighted)", 99.3,
      "≥ 95 %"),
-    ("01_shortcuts", "colored_digits_erm_worst_group_acc", "colored digits ERM: worst group", 39.6,
-     "≥ 20 points below the mean"),
+    ("01_shortcuts", "colored_digits_erm_worst_group_acc", "colored digits ERM: worst group", 39.6, "reported"),
+    ("01_shortcuts", ("spurious_scenes_erm_weighted_mean_acc", "spurious_scenes_erm_worst_group_acc"),
+     "scenes ERM: mean − worst group", 21.3, "≥ 10 points"),
+    ("01_shortcuts", ("colored_digits_erm_weighted_mean_acc", "colored_digits_erm_worst_group_acc"),
+     "colored digits ERM: mean − worst group", 59.7, "≥ 10 points"),
     ("04_exmap", "spurious_scenes_dfr_oracle_groups_wga", "scenes oracle DFR: worst group", 92.1,
      "≥ 85 % and ≥ ERM + 8"),
     ("04_exmap", "spurious_scenes_dfr_exmap_spectral_global_wga", "scenes DFR+ExMap (spectral, global): worst group",
      92.5, "within 10 of oracle DFR, ≥ ERM + 5"),
+    ("04_exmap", ("spurious_scenes_dfr_oracle_groups_wga", "spurious_scenes_erm_wga"),
+     "scenes oracle DFR − ERM (worst group)", 15.3, "≥ 8 points"),
+    ("04_exmap", ("spurious_scenes_dfr_exmap_spectral_global_wga", "spurious_scenes_erm_wga"),
+     "scenes DFR+ExMap − ERM (worst group)", 15.7, "≥ 5 points"),
+    ("04_exmap", ("spurious_scenes_dfr_oracle_groups_wga", "spurious_scenes_dfr_exmap_spectral_global_wga"),
+     "scenes oracle DFR − DFR+ExMap (worst group)", -0.4, "≤ 10 points"),
     ("04_exmap", "spurious_scenes_georgedfr_wga", "scenes GEORGE(DFR): worst group", 91.7, "reported"),
     ("04_exmap", "colored_digits_dfr_oracle_groups_wga", "colored digits oracle DFR: worst group", 74.2,
      "≥ 65 % and ≥ ERM + 15"),
+    ("04_exmap", ("colored_digits_dfr_oracle_groups_wga", "colored_digits_erm_wga"),
+     "colored digits oracle DFR − ERM (worst group)", 34.6, "≥ 15 points"),
     ("04_exmap", "colored_digits_dfr_exmap_spectral_global_wga", "colored digits DFR+ExMap: worst group", 72.5,
-     "reported"),
+     "≥ ERM + 5, within 10 of oracle DFR"),
     ("04_exmap", "colored_digits_jtt_wga", "colored digits JTT: worst group", None, "reported"),
     ("05_fictitious_class_unlearning", "spurious_scenes_fcr_wga", "scenes FCR at the fair r: worst group", None,
      "≥ ERM + 10"),
-    ("05_fictitious_class_unlearning", "spurious_scenes_erm_wga", "scenes ERM (chapter 05): worst group", None,
-     "reference for FCR"),
+    ("05_fictitious_class_unlearning", ("spurious_scenes_fcr_wga", "spurious_scenes_erm_wga"),
+     "scenes FCR − ERM (worst group)", 17.9, "≥ 10 points"),
+    ("05_fictitious_class_unlearning", ("spurious_scenes_erm_mean", "spurious_scenes_fcr_mean"),
+     "scenes ERM − FCR (train-weighted mean)", None, "≤ 10 points"),
     ("05_fictitious_class_unlearning", "colored_digits_fcr_wga", "colored digits FCR at the fair r: worst group",
      None, "reported"),
     ("05_fictitious_class_unlearning", "removal_removed_acc_max_1w", "one-weight class removal: removed class (max)",
@@ -62,6 +76,8 @@ CLAIMS = [
      "iid − deceiving ≥ 20"),
     ("03_faster_isnet", "standard_classifier_deceiving_acc", "biased digits: standard classifier (deceiving)", 12.4,
      "iid − deceiving ≥ 20"),
+    ("03_faster_isnet", ("standard_classifier_iid_acc", "standard_classifier_deceiving_acc"),
+     "biased digits: standard classifier iid − deceiving", 87.6, "≥ 20 points"),
     ("03_faster_isnet", "selective_isnet_ood_acc", "Selective ISNet (ood)", 96.7, "within 10 of the reference"),
     ("03_faster_isnet", "selective_isnet_max_gap", "Selective ISNet: iid/ood/deceiving spread", 0.0, "≤ 3 points"),
     ("03_faster_isnet", "stochastic_isnet_ood_acc", "Stochastic ISNet (ood)", 98.3, "within 10 of the reference"),
@@ -82,6 +98,10 @@ CLAIMS = [
      None, "> pixel"),
     ("06_superpixel_gradients", "ssim_halves_IG_pixel", "SSIM across halves: IG, pixel", None, "< super-pixel"),
     ("06_superpixel_gradients", "ssim_halves_IG_superpixel", "SSIM across halves: IG, super-pixel", None, "> pixel"),
+    ("06_superpixel_gradients", "ssim_halves_SG_gain", "SSIM gain of super-pixels: gradient", None, "> 0"),
+    ("06_superpixel_gradients", "ssim_halves_SmoothGrad_gain", "SSIM gain of super-pixels: SmoothGrad", None,
+     "> 0"),
+    ("06_superpixel_gradients", "ssim_halves_IG_gain", "SSIM gain of super-pixels: IG", None, "> 0"),
     ("07_neuro_activated_superpixels", "accuracy", "NAS: accuracy of the explained model (balanced test)", None,
      "≥ 90 %"),
     ("07_neuro_activated_superpixels", "n_iou70_improved", "NAS: methods whose IoU@70 improves with NAS (of 5)",
@@ -143,6 +163,19 @@ def aggregate(seeds):
     return table
 
 
+def _per_seed(chapter_table, key, seeds):
+    """{seed: value} of a figure, or of the difference of two figures when ``key`` is a pair; None if unmeasured."""
+    keys = key if isinstance(key, tuple) else (key,)
+    if any(k not in chapter_table for k in keys):
+        return None
+    out = {}
+    for s in seeds:
+        parts = [chapter_table[k]["seeds"].get(str(s)) for k in keys]
+        if all(isinstance(p, (int, float)) for p in parts):
+            out[s] = parts[0] - parts[1] if len(parts) == 2 else parts[0]
+    return out
+
+
 def _fmt(v):
     if v is None:
         return "–"
@@ -161,11 +194,13 @@ def markdown(table, seeds, times):
              "| chapter | figure | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd | paper | claim |",
              "| --- | --- | " + " | ".join("---" for _ in seeds) + " | --- | --- | --- |"]
     for chapter, key, what, paper, claim in CLAIMS:
-        entry = table.get(chapter, {}).get(key)
-        if entry is None:
+        values = _per_seed(table.get(chapter, {}), key, seeds)
+        if values is None:
             continue
-        cells = [_fmt(entry["seeds"].get(str(s))) for s in seeds]
-        spread = f"{_fmt(entry['mean'])} ± {_fmt(entry['sd'])}" if "mean" in entry else "–"
+        cells = [_fmt(values.get(s)) for s in seeds]
+        finite = [v for v in values.values() if isinstance(v, (int, float))]
+        spread = "–" if not finite else \
+            f"{_fmt(statistics.fmean(finite))} ± {_fmt(statistics.stdev(finite) if len(finite) > 1 else 0.0)}"
         lines.append(f"| {chapter[:2]} | {what} | " + " | ".join(cells) + f" | {spread} | {_fmt(paper)} | {claim} |")
     if times:
         lines += ["", "Chapter wall times (s): " + "; ".join(
@@ -181,6 +216,13 @@ def main():
     parser.add_argument("--no-record", action="store_true", help="do not write book/reproduction.{md,json}")
     args = parser.parse_args()
     times = {} if args.aggregate_only else run(args.seeds, args.only)
+    times_file = ROOT / "results" / "reproduce" / "times.json"  # merged over runs (e.g. one chapter re-run)
+    recorded = json.loads(times_file.read_text()) if times_file.exists() else {}
+    recorded.update({f"{s}|{c}": t for (s, c), t in times.items()})
+    times_file.parent.mkdir(parents=True, exist_ok=True)
+    times_file.write_text(json.dumps(recorded, indent=1, sort_keys=True))
+    times = {(int(k.split("|")[0]), k.split("|")[1]): t for k, t in recorded.items() if int(k.split("|")[0]) in
+             args.seeds}
     table = aggregate(args.seeds)
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / "reproduction.json").write_text(json.dumps(table, indent=1, sort_keys=True))
