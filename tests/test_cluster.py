@@ -11,7 +11,7 @@ from scipy.sparse.csgraph import laplacian
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from xai_robust import cluster
+from xai_robust import cluster, models
 
 
 def planted(n_per_group=60, noise=0.3, dim=40, seed=0):
@@ -199,3 +199,19 @@ def test_heatmap_representations_default_attribution_runs():
     model = _Tiny().eval()
     r = cluster.heatmap_representations(model, torch.rand(4, 3, 6, 6), progress=False)
     assert r.shape == (4, 3 * 36) and torch.isfinite(r).all()
+
+
+def test_heatmap_representations_restores_each_submodules_mode_also_when_it_raises():
+    model = models.build("small_resnet", 2, seed=0).train()
+    model.layer2.bn1.eval()  # a frozen BatchNorm inside a training model
+    modes = {name: m.training for name, m in model.named_modules()}
+    x = torch.rand(4, 3, 28, 28)
+    cluster.heatmap_representations(model, x, attribution=_grad_x_input, progress=False)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+    def broken(model, x, target=None):
+        raise RuntimeError("mid-explanation failure")
+
+    with pytest.raises(RuntimeError, match="mid-explanation"):
+        cluster.heatmap_representations(model, x, attribution=broken, progress=False)
+    assert {name: m.training for name, m in model.named_modules()} == modes

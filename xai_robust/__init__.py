@@ -88,10 +88,10 @@ def save_results(name: str, values: dict) -> Path:
         if isinstance(value, float) and not math.isfinite(value):
             value = None  # JSON has no NaN; claims tests treat None as "not measured"
         clean[key] = value
+    from .cache import atomic_write
+
     path = results_dir() / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(clean, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(clean, indent=1, sort_keys=True).encode())
     return path
 
 

@@ -177,9 +177,10 @@ def heatmap_representations(
         dev = next(model.parameters()).device
     except StopIteration:
         dev = images.device
-    was_training = model.training
+    from .attribution import restore_model
+
     out = []
-    try:
+    with restore_model(model):  # every submodule's own mode and flags come back, also when this raises
         model.eval()
         for start in tqdm(range(0, n, batch_size), desc="heatmaps", disable=not progress, leave=False):
             xb = images[start:start + batch_size].to(dev)
@@ -190,8 +191,6 @@ def heatmap_representations(
             if tuple(h.shape) != tuple(xb.shape):
                 raise ValueError(f"attribution returned shape {tuple(h.shape)}, expected the input's {tuple(xb.shape)}")
             out.append(normalize_heatmaps(h.detach().cpu(), size))
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 

@@ -442,7 +442,7 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
     """
     from tqdm.auto import tqdm
     from . import cache_dir
-    from .cache import config_hash, load_verified, save_verified, state_digest
+    from .cache import config_hash, content_digest, load_verified, save_verified, state_digest
 
     if variant not in VARIANTS + ("rrr",):
         raise ValueError(f"variant must be one of {VARIANTS + ('rrr',)}, got {variant!r}")
@@ -459,13 +459,13 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
 
     key = None
     if cache:
-        fingerprint = (dataset.fingerprint() if hasattr(dataset, "fingerprint")
-                       else config_hash({"n": n, "sum": float(x_all.sum())}))
+        # the full content of the images, labels and masks (a tuple's, or a dataset's own fingerprint)
+        fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else content_digest(*dataset)
         init = state_digest(model)
         config = dict(variant=variant, epochs=epochs, lr=lr, P=repr(P) if callable(P) else float(P),
                       ranges=ranges, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
                       weight_decay=weight_decay, clip_norm=clip_norm, seed=seed, lam=lam, data=fingerprint,
-                      init=init, arch=type(model).__name__, options=loss_options, v=2)
+                      init=init, arch=type(model).__name__, options=loss_options, v=3)
         if callable(P):
             config["P_values"] = [round(P(i / 20), 6) for i in range(20)]
         key = cache_dir() / "isnet" / f"{config_hash(config)}.pt"

@@ -17,10 +17,7 @@ super-pixel algorithms). Chapter 06, *Super-pixel gradients*.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -275,22 +272,16 @@ def _segment_one(img: np.ndarray, method: str, params: dict) -> np.ndarray:
 
 
 def _cache_key(method: str, params: dict, images: torch.Tensor) -> str:
-    h = hashlib.sha1()
-    h.update(json.dumps({"method": method, "params": params}, sort_keys=True, default=str).encode())
-    arr = images.detach().to("cpu", torch.float32).contiguous().numpy()
-    h.update(str(arr.shape).encode())
-    h.update(arr.tobytes())
-    return h.hexdigest()
+    """Digest of the method, its parameters and the images' full content (dtype and every byte)."""
+    from .cache import content_digest
+
+    return content_digest(method, json.dumps(params, sort_keys=True, default=str), images)
 
 
 def _disk_path(key: str) -> Path:
-    try:
-        from . import cache_dir  # foundation helper
+    from . import cache_dir
 
-        root = Path(cache_dir())
-    except Exception:  # foundation not importable: fall back to the documented default
-        root = Path(os.environ.get("XAI_ROBUST_CACHE", Path.home() / ".cache" / "xai_robust"))
-    return root / "segments" / f"{key}.pt"
+    return Path(cache_dir()) / "segments" / f"{key}.pt"
 
 
 def segment(images: torch.Tensor, method: str = "slic", *, cache: bool | str = True,
@@ -341,14 +332,13 @@ def segment(images: torch.Tensor, method: str = "slic", *, cache: bool | str = T
         _MEMORY_CACHE.move_to_end(key)
         return _MEMORY_CACHE[key].clone().to(images.device)
     path = _disk_path(key) if cache == "disk" else None
-    if path is not None and path.exists():
-        try:
-            out = torch.load(path, weights_only=True)
-            if tuple(out.shape) == (n, h, w):
-                _remember(key, out)
-                return out.clone().to(images.device)
-        except Exception:
-            pass  # corrupt file: recompute and overwrite
+    if path is not None:
+        from .cache import load_verified
+
+        out = load_verified(path)  # None when missing, truncated or corrupt (SHA-256 checked): recompute
+        if isinstance(out, torch.Tensor) and tuple(out.shape) == (n, h, w):
+            _remember(key, out)
+            return out.clone().to(images.device)
 
     arr = images.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
     iterator = range(n)
@@ -365,11 +355,9 @@ def segment(images: torch.Tensor, method: str = "slic", *, cache: bool | str = T
     if key is not None:
         _remember(key, out)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(out, tmp)
-        os.replace(tmp, path)
+        from .cache import save_verified
+
+        save_verified(out, path)
     return out.clone().to(images.device)
 
 

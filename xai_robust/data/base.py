@@ -6,9 +6,6 @@ Indexing gives the sample dict ``{"image", "label", "group", "mask"?, "spurious"
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,45 +13,34 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import cache_dir
-from ..cache import config_hash
+from ..cache import config_hash, content_digest, load_verified, save_verified
 
 __all__ = ["SampleDataset", "LazyImages", "cached", "config_hash"]
 
-CACHE_VERSION = 2  # bump whenever a generator changes: cached data is keyed by configuration only
+CACHE_VERSION = 3  # bump whenever a generator changes: cached data is keyed by configuration only
 
 
-def _digest(tensors: dict) -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        value = tensors[key]
-        h.update(key.encode())
-        if isinstance(value, torch.Tensor):
-            h.update(value.contiguous().cpu().numpy().tobytes())
-        else:
-            h.update(json.dumps(value, sort_keys=True).encode())
-    return h.hexdigest()
+def _check_n(n, default: int) -> int:
+    """The number of samples to draw: ``default`` for None, else a positive int (0, negatives, floats raise)."""
+    if n is None:
+        return default
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int (or None for the default {default}), got {n!r}")
+    return n
 
 
 def cached(kind: str, config: dict, make: Callable[[], dict]) -> dict:
     """Return ``make()``'s dict of tensors, cached under ``cache_dir()/kind/<hash of config>.pt``.
 
-    Writes are atomic (temporary file, then rename) and verified on load with a SHA-256 digest of the
-    content; a corrupt or stale file is rebuilt.
+    Writes are atomic (a temporary file unique to the process and thread, then rename) and verified on load
+    with a SHA-256 digest of the whole file; a corrupt or stale file is rebuilt.
     """
-    folder = cache_dir() / kind
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{config_hash({**config, '_version': CACHE_VERSION})}.pt"
-    if path.exists():
-        try:
-            payload = torch.load(path, weights_only=False)
-            if payload.get("digest") == _digest(payload["tensors"]):
-                return payload["tensors"]
-        except Exception:  # corrupt file: rebuild below
-            pass
+    path = cache_dir() / kind / f"{config_hash({**config, '_version': CACHE_VERSION})}.pt"
+    payload = load_verified(path)
+    if isinstance(payload, dict) and "tensors" in payload:
+        return payload["tensors"]
     tensors = make()
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"tensors": tensors, "digest": _digest(tensors), "config": config}, tmp)
-    os.replace(tmp, path)
+    save_verified({"tensors": tensors, "config": config}, path)
     return tensors
 
 
@@ -178,11 +164,14 @@ class SampleDataset(Dataset):
         return torch.bincount(self.groups, minlength=self.n_groups)
 
     def fingerprint(self) -> str:
-        """A hash of the dataset's content (used to key training checkpoints)."""
-        if not isinstance(self.images, torch.Tensor):
-            return config_hash({"paths": [str(p) for p in self.images.paths], "labels": self.labels.tolist()})
-        return _digest({"images": self.images[:: max(1, len(self) // 256)], "labels": self.labels,
-                        "groups": self.groups})[:16]
+        """A digest of the dataset's *full* content (used to key training checkpoints).
+
+        Every image, label, group, mask, spurious attribute and extra attribute counts (no sampling); lazily
+        loaded images count by their paths and size.
+        """
+        images = self.images if isinstance(self.images, torch.Tensor) else \
+            {"paths": [str(p) for p in self.images.paths], "size": self.images.size}
+        return content_digest(images, self.labels, self.groups, self.masks, self.spurious, self.attributes)
 
     def __repr__(self) -> str:
         shape = tuple(self.images.shape[1:])

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import SampleDataset, cached
+from .base import SampleDataset, _check_n, cached
 
 __all__ = ["colored_digits", "biased_digits", "parity_digits", "digit_pool", "render_digits",
            "mark_position"]
@@ -120,7 +120,7 @@ def colored_digits(split: str, *, n: int | None = None, seed: int = 0, size: int
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"colored_digits has splits 'train', 'val', 'test', not {split!r}")
-    n = n or (3000 if split == "train" else 1000)
+    n = _check_n(n, 3000 if split == "train" else 1000)
     correlation = (0.99 if split == "train" else 0.5) if correlation is None else float(correlation)
     if not 0.0 <= correlation <= 1.0:
         raise ValueError(f"correlation must lie in [0, 1], got {correlation}")
@@ -175,7 +175,7 @@ def biased_digits(split: str, *, n: int | None = None, seed: int = 0, size: int 
         raise ValueError(f"biased_digits has splits {splits}, not {split!r}")
     if size < 20:
         raise ValueError(f"size must be at least 20 pixels, got {size}")
-    n = n or (3000 if split == "train" else 1000)
+    n = _check_n(n, 3000 if split == "train" else 1000)
     config = dict(name="biased_digits", split=split, n=n, seed=seed, size=size, bias=bias)
 
     def make():
@@ -212,7 +212,7 @@ def parity_digits(split: str, *, n: int | None = None, seed: int = 0, size: int 
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"parity_digits has splits 'train', 'val', 'test', not {split!r}")
-    n = n or (3000 if split == "train" else 1000)
+    n = _check_n(n, 3000 if split == "train" else 1000)
     config = dict(name="parity_digits", split=split, n=n, seed=seed, size=size)
 
     def make():

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import SampleDataset, cached
+from .base import SampleDataset, _check_n, cached
 
 __all__ = ["spurious_scenes", "CLASS_NAMES", "BACKGROUND_NAMES", "COOCCUR_NAMES"]
 
@@ -135,7 +135,7 @@ def spurious_scenes(split: str, *, n: int | None = None, seed: int = 0, size: in
     if size < 24:
         raise ValueError(f"size must be at least 24 pixels, got {size}")
     train = split == "train"
-    n = n or {"train": 2400, "val": 800}.get(split, 1200)
+    n = _check_n(n, {"train": 2400, "val": 800}.get(split, 1200))
     correlation = (0.95 if train else 0.5) if correlation is None else float(correlation)
     cooccur_correlation = (0.95 if train else 0.5) if cooccur_correlation is None else float(cooccur_correlation)
     for name, value in (("correlation", correlation), ("cooccur_correlation", cooccur_correlation)):

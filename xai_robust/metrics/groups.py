@@ -30,10 +30,21 @@ def _check(pred, y, groups):
     return pred, y, groups
 
 
+def _n_groups(groups, n_groups):
+    if n_groups is None:
+        return int(groups.max()) + 1 if groups.numel() else 0
+    if not isinstance(n_groups, int) or n_groups < 1:
+        raise ValueError(f"n_groups must be a positive int, got {n_groups!r}")
+    if groups.numel() and int(groups.max()) >= n_groups:
+        raise ValueError(f"groups holds id {int(groups.max())} but n_groups={n_groups}: pass n_groups > "
+                         f"{int(groups.max())} (or None to count the ids present)")
+    return n_groups
+
+
 def group_counts(groups, n_groups: int | None = None) -> torch.Tensor:
-    """Number of samples in each group id 0..n_groups-1."""
+    """Number of samples in each group id 0..n_groups-1 (an id >= n_groups raises a ValueError)."""
     groups = _as_long("groups", groups)
-    n = int(groups.max()) + 1 if n_groups is None else n_groups
+    n = _n_groups(groups, n_groups)
     return torch.bincount(groups, minlength=n)[:n]
 
 
@@ -45,7 +56,8 @@ def group_accuracies(pred, y, groups, n_groups: int | None = None) -> torch.Tens
     pred, y, groups : LongTensor[N]
         Predicted classes, true classes and group ids (0..G-1).
     n_groups : int, optional
-        Number of groups G; groups absent from the data get NaN.
+        Number of groups G; groups absent from the data get NaN. An id >= G raises a ValueError (it is never
+        dropped silently).
 
     Returns
     -------
@@ -53,7 +65,7 @@ def group_accuracies(pred, y, groups, n_groups: int | None = None) -> torch.Tens
         Float accuracies in [0, 1], NaN for empty groups.
     """
     pred, y, groups = _check(pred, y, groups)
-    n = int(groups.max()) + 1 if n_groups is None else n_groups
+    n = _n_groups(groups, n_groups)
     correct = torch.bincount(groups, weights=(pred == y).double(), minlength=n)[:n]
     counts = torch.bincount(groups, minlength=n)[:n].double()
     acc = correct / counts
