@@ -131,3 +131,12 @@ def test_bad_arguments():
         data.load("colored_digits", "train", correlation=1.5)
     with pytest.raises(ValueError, match="profile"):
         data.load("colored_digits", "train", profile="gpu")
+
+
+@pytest.mark.parametrize("n", [0, -3, 1.5, True])
+def test_bad_sample_counts_raise(n):
+    from xai_robust import data
+
+    for name in ("colored_digits", "spurious_scenes"):
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            data.load(name, "train", n=n)

@@ -39,3 +39,17 @@ def test_bad_input():
     with pytest.raises(ValueError, match="empty"):
         metrics.worst_group_accuracy(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long),
                                      torch.tensor([], dtype=torch.long))
+
+
+def test_group_ids_beyond_n_groups_raise_instead_of_being_dropped():
+    import pytest
+    import torch
+
+    from xai_robust import metrics
+
+    pred, y, groups = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="n_groups"):
+        metrics.group_accuracies(pred, y, groups, n_groups=2)
+    with pytest.raises(ValueError, match="n_groups"):
+        metrics.group_counts(groups, n_groups=2)
+    assert len(metrics.group_accuracies(pred, y, groups, n_groups=4)) == 4
