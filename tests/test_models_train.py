@@ -106,3 +106,35 @@ def test_save_results_roundtrip(tmp_path, monkeypatch):
     assert xai_robust.load_results("00_demo") == {"a": 1.5, "b": 2.0, "ok": 1}
     with pytest.raises(TypeError, match="number"):
         xai_robust.save_results("00_demo", {"a": "high"})
+
+
+def test_bad_input_at_the_training_and_data_boundary():
+    import pytest
+    import torch
+
+    from xai_robust import data, lrp, models, train
+    from xai_robust.data import SampleDataset
+
+    with pytest.raises(TypeError, match="255"):
+        SampleDataset(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), [0, 1], [0, 1], class_names=["a", "b"],
+                      group_names=["a", "b"])
+    model = models.build("conv2net", 2, in_channels=1, seed=0)
+    ds = data.load("colored_digits", "val", n=8)
+    with pytest.raises(TypeError, match="255"):
+        train.predict(model, (255 * torch.rand(2, 1, 28, 28)).to(torch.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        train.predict(model, torch.full((2, 1, 28, 28), float("nan")))
+    with pytest.raises(ValueError, match="unsqueeze"):
+        train.predict(model, torch.rand(1, 28, 28))
+    for kw, match in ((dict(epochs=1.5), "epochs"), (dict(epochs=1, batch_size=0), "batch_size"),
+                      (dict(epochs=1, sample_weights=torch.full((8,), float("nan"))), "sample_weights")):
+        with pytest.raises(ValueError, match=match):
+            train.fit(models.build("conv2net", 2, seed=0), ds, cache=False, progress_bar=False, **kw)
+    x = torch.rand(2, 1, 28, 28)
+    with pytest.raises(ValueError, match="epsilon"):
+        lrp.lrp_flex(model, x, epsilon=float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        lrp.lrp_flex(model, x * float("inf"))
+    for act in (torch.nn.Threshold(0.1, 0.0), torch.nn.Hardshrink(), torch.nn.Softmin(1)):
+        with pytest.raises(ValueError, match="ReLU networks only"):
+            lrp.lrp_flex(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 3), act), x)

@@ -19,7 +19,7 @@ _TARGET_WORDS = ("predicted", "lowest", "stochastic")
 
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:
-    """Raise a clear error unless ``x`` is a floating tensor of shape (N, C, H, W).
+    """Raise a clear error unless ``x`` is a non-empty, finite floating tensor of shape (N, C, H, W).
 
     Parameters
     ----------
@@ -36,6 +36,11 @@ def check_images(x: torch.Tensor, name: str = "x") -> None:
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor with pixels in [0, 1], got dtype {x.dtype}; "
                         f"convert with {name}.float() / 255")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}): pass at least one image")
+    if not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError(f"{name} holds NaN or inf values: explanations of non-finite inputs are meaningless; "
+                         f"check the data pipeline (torch.isfinite({name}).all())")
 
 
 def resolve_target(logits: torch.Tensor, target=None, generator: torch.Generator | None = None) -> torch.Tensor:

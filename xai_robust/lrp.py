@@ -51,6 +51,8 @@ the gradient of a heatmap loss is the exact gradient of these heatmaps (tested a
 """
 from __future__ import annotations
 
+import math
+
 import contextlib
 from typing import Iterator
 
@@ -66,7 +68,8 @@ __all__ = ["lrp_flex", "relu_fed_layers", "epsilon_composite", "exmap_composite"
 #: Nonlinearity modules LRP-Flex can see but not explain; ``lrp_flex`` refuses models containing them.
 UNSUPPORTED_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.PReLU,
                            nn.SELU, nn.CELU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.ReLU6,
-                           nn.RReLU, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Softmax, nn.LogSoftmax)
+                           nn.RReLU, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Softmax, nn.LogSoftmax,
+                           nn.Threshold, nn.Hardshrink, nn.Softshrink, nn.Softmax2d, nn.Softmin)
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _QUANTITIES = ("logit", "eta", "joint")
 _RULES = ("epsilon", "zplus")
@@ -451,7 +454,9 @@ def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, b
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise TypeError("x must be a floating tensor with a batch dimension, e.g. images (N, C, H, W) in [0, 1]")
-    if not isinstance(epsilon, (int, float)) or epsilon < 0:
+    if not isinstance(x, torch.Tensor) or x.shape[0] == 0 or not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError("x must be a non-empty batch of finite values (no NaN or inf)")
+    if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"epsilon must be a number >= 0 (0 gives LRP-0 = Gradient×Input), got {epsilon!r}")
     if quantity not in _QUANTITIES:
         raise ValueError(f"quantity must be one of {_QUANTITIES}, got {quantity!r}")
@@ -461,7 +466,7 @@ def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, b
         raise ValueError(f"first_layer must be None or 'zb', got {first_layer!r}")
     if batchnorm not in _BATCHNORM:
         raise ValueError(f"batchnorm must be one of {_BATCHNORM}, got {batchnorm!r}")
-    if not isinstance(mu, (int, float)) or mu <= 0:
+    if not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu <= 0:
         raise ValueError(f"mu must be a number > 0 (Faster ISNet uses 0.01), got {mu!r}")
     if quantity == "eta" and rule != "epsilon":
         raise ValueError("quantity='eta' is defined for rule='epsilon' (Selective ISNet, Faster ISNet Sec. II-F)")

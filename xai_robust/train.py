@@ -75,8 +75,10 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
     progress_bar : bool
         Show a progress bar over epochs.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be non-negative, got {epochs}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     n = len(dataset)
@@ -84,8 +86,9 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
         raise ValueError("dataset is empty")
     if sample_weights is not None:
         sample_weights = torch.as_tensor(sample_weights, dtype=torch.float64)
-        if sample_weights.shape != (n,) or (sample_weights < 0).any() or sample_weights.sum() == 0:
-            raise ValueError(f"sample_weights must be {n} non-negative numbers, not all zero")
+        if sample_weights.shape != (n,) or not bool(torch.isfinite(sample_weights).all()) \
+                or (sample_weights < 0).any() or sample_weights.sum() == 0:
+            raise ValueError(f"sample_weights must be {n} finite non-negative numbers, not all zero")
     device = device or default_device()
     key = config_hash(dict(init=state_digest(model), data=dataset.fingerprint(), epochs=epochs, lr=lr,
                            batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, seed=seed,
@@ -144,6 +147,10 @@ def predict(model: nn.Module, x_or_dataset, *, batch_size: int = 256, device=Non
     from .attribution import restore_model
 
     images = _images(x_or_dataset)
+    if isinstance(images, torch.Tensor):
+        from .attribution import check_images
+
+        check_images(images, "x_or_dataset")
     device = device or next(model.parameters()).device
     out = []
     with restore_model(model):

@@ -111,6 +111,9 @@ class SampleDataset(Dataset):
     def __init__(self, images, labels, groups, *, class_names, group_names, masks=None, spurious=None,
                  attributes=None, name="dataset"):
         n = len(images)
+        if isinstance(images, torch.Tensor) and not images.is_floating_point():
+            raise TypeError(f"images must be floats in [0, 1], got dtype {images.dtype}; for 0-255 pixels pass "
+                            "images.float() / 255")
         labels = torch.as_tensor(labels).long()
         groups = torch.as_tensor(groups).long()
         if labels.shape != (n,) or groups.shape != (n,):
