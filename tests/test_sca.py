@@ -237,3 +237,27 @@ def test_positive_edges_default_and_nonzero_option():
         sca.select_edges(scores, w, 3)
     with pytest.raises(ValueError, match="edges"):
         sca.select_edges(scores, w, 1, edges="any")
+
+
+def test_bad_features_absent_class_and_unrepresentable_edits_raise():
+    import pytest
+    import torch
+    from torch import nn
+
+    from xai_robust import sca
+
+    lin = nn.Linear(3, 2)
+    f, y = torch.rand(6, 3), torch.tensor([0, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="does not occur in labels"):
+        sca.remove_class(lin, f, y, 1)
+    with pytest.raises(ValueError, match="NaN"):
+        sca.remove_class(lin, torch.full((6, 3), float("nan")), y, 0)
+    with pytest.raises(ValueError, match="empty"):
+        sca.remove_class(lin, torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), 0)
+    half = nn.Linear(3, 1).half()
+    with torch.no_grad():
+        half.weight.copy_(torch.tensor([[1e-3, 100.0, 100.0]]))
+    before = half.weight.clone()
+    with pytest.raises(ValueError, match="not representable"):
+        sca.edit_weights(half, 0, [0])
+    assert torch.equal(half.weight, before)  # nothing written

@@ -67,6 +67,10 @@ def _check_features(features, in_features: int | None, name: str = "features") -
     if in_features is not None and features.shape[1] != in_features:
         raise ValueError(f"{name} has {features.shape[1]} columns but the linear layer expects "
                          f"{in_features} input features; pass the penultimate features of the same model")
+    if features.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(features.shape)}): pass at least one sample")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError(f"{name} holds NaN or inf values; check the model and the inputs that produced them")
 
 
 def _check_labels(labels, n: int, num_classes: int, name: str = "labels") -> None:
@@ -438,6 +442,11 @@ def edit_weights(linear: nn.Linear, row: int, columns, rate: float = 1.0) -> Edi
             new_value = orthogonal_weight(linear.weight[row], col, rate)
             old = linear.weight[row, col].clone()
             linear.weight[row, col] = new_value
+            if not bool(torch.isfinite(linear.weight[row, col])):  # e.g. beyond float16's range
+                linear.weight[row, col] = old
+                record.undo()
+                raise ValueError(f"the edited weight ({new_value:.3g}) is not representable in the layer's "
+                                 f"{linear.weight.dtype}; edit a float32 copy (linear.float()) or lower rate")
             record.edits.append(WeightEdit(linear, row, col, old, linear.weight[row, col].clone()))
     return record
 
@@ -518,6 +527,12 @@ def remove_class(linear: nn.Linear, features, labels, target: int, rate: float =
     """
     _check_linear(linear)
     rate = _check_rate(rate)
+    if accumulations is None:
+        _check_features(features, linear.in_features)
+    if accumulations is None and isinstance(labels, torch.Tensor) and isinstance(target, int) \
+            and not bool((labels == target).any()):
+        raise ValueError(f"class {target} does not occur in labels: there is nothing to score its edges on; "
+                         f"pass samples of that class")
     scores = sca_scores(features, labels, linear, target, accumulations=accumulations, score=score)
     cols = select_edges(scores, linear.weight[target], n_weights, edges=edges)
     record = edit_weights(linear, target, cols, rate)
