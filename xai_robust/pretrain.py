@@ -131,9 +131,8 @@ def shapes_corpus(n: int = 8000, *, size: int = 64, seed: int = 0):
         return {"images": images, "labels": label, "background": background, "masks": mask}
 
     t = cached("datasets", config, make)
-    k = len(SHAPE_CLASSES)
     return SampleDataset(t["images"], t["labels"], t["labels"] * 2 + t["background"], class_names=SHAPE_CLASSES,
-                         group_names=[f"{c} on {b}" for c in SHAPE_CLASSES for b in BACKGROUND_NAMES][:2 * k],
+                         group_names=[f"{c} on {b}" for c in SHAPE_CLASSES for b in BACKGROUND_NAMES],
                          masks=t["masks"], spurious=t["background"], name="shapes corpus (pretraining)")
 
 
@@ -415,5 +414,4 @@ def initialize(model: nn.Module, arch: str, pretrained, *, in_channels: int = 3,
     with torch.no_grad():
         for k, v in matched.items():
             own[k].copy_(v.to(own[k].dtype))
-    model._pretrained = dict(source=source, n_loaded=len(matched), n_backbone=len(backbone))
     return model
