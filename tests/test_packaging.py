@@ -78,3 +78,34 @@ def test_ci_runs_the_readme_test_command():
                 "boubekki2024nas", "kirichenko2023dfr", "sohoni2020george", "liu2021jtt", "bach2015lrp",
                 "anders2021zennit", "kokhlikyan2020captum"):
         assert "{" + key + "," in bib
+
+
+def test_seed_spread_reads_the_recorded_reproduction(tmp_path):
+    import json
+
+    import xai_robust
+
+    table = tmp_path / "reproduction.json"
+    table.write_text(json.dumps({"seeds": [0, 1, 2], "chapters": {"04_exmap": {
+        "wga": {"mean": 72.125, "sd": 4.25, "min": 68.0, "max": 77.0, "n": 3}}}}))
+    assert xai_robust.seed_spread("04_exmap", "wga", path=table) == "(seeds 0–2: 72.1 ± 4.2)"
+    assert xai_robust.seed_spread("04_exmap", "wga", fmt=".2f", path=table) == "(seeds 0–2: 72.12 ± 4.25)"
+    assert xai_robust.seed_spread("04_exmap", "other", path=table) == "(spread over seeds not recorded)"
+    assert xai_robust.seed_spread("04_exmap", "wga", path=tmp_path / "missing.json") == \
+        "(spread over seeds not recorded)"
+
+
+def test_recorded_reproduction_covers_every_chapter_claim_figure():
+    """book/reproduction.json (written by `make reproduce`) holds every figure tools/reproduce.py tabulates."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from reproduce import CLAIMS
+
+    table = json.loads((ROOT / "book" / "reproduction.json").read_text())
+    assert table["seeds"] == [0, 1, 2]
+    for chapter, key, *_ in CLAIMS:
+        for k in (key if isinstance(key, tuple) else (key,)):
+            entry = table["chapters"][chapter][k]
+            assert entry["n"] == 3 and entry["min"] <= entry["mean"] <= entry["max"], (chapter, k)
