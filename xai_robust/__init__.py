@@ -19,7 +19,7 @@ import torch
 __version__ = "0.1.0"
 __all__ = ["device", "seed_everything", "cache_dir", "results_dir", "save_results", "load_results", "seed_spread"]
 
-_SUBMODULES = {"attribution", "cluster", "data", "dfr", "grouped", "isnet", "losses", "lrp", "metrics",
+_SUBMODULES = {"attribution", "checks", "cluster", "data", "dfr", "grouped", "isnet", "losses", "lrp", "metrics",
                "models", "nas", "pretrain", "profiles", "sca", "superpixels", "train", "viz"}
 
 

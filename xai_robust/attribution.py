@@ -13,34 +13,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .checks import check_images, check_model_input
+
 __all__ = ["resolve_target", "restore_model", "input_gradient", "gradient_x_input", "check_images"]
 
 _TARGET_WORDS = ("predicted", "lowest", "stochastic")
-
-
-def check_images(x: torch.Tensor, name: str = "x") -> None:
-    """Raise a clear error unless ``x`` is a non-empty, finite floating tensor of shape (N, C, H, W).
-
-    Parameters
-    ----------
-    x : Tensor
-        The batch to check.
-    name : str
-        The argument name used in the error message.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}; "
-                         f"add a batch dimension with {name}.unsqueeze(0) for a single image")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor with pixels in [0, 1], got dtype {x.dtype}; "
-                        f"convert with {name}.float() / 255")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}): pass at least one image")
-    if not bool(torch.isfinite(x.detach()).all()):
-        raise ValueError(f"{name} holds NaN or inf values: explanations of non-finite inputs are meaningless; "
-                         f"check the data pipeline (torch.isfinite({name}).all())")
 
 
 def resolve_target(logits: torch.Tensor, target=None, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import check_finite, check_number
+
 __all__ = ["gwrp", "resize_masks", "background_loss", "foreground_relevance", "foreground_loss",
            "lrp_loss", "is_loss", "deep_supervision", "Welford", "relevance_range"]
 
@@ -30,21 +32,6 @@ __all__ = ["gwrp", "resize_masks", "background_loss", "foreground_relevance", "f
 NORM_EPS = 1e-10
 #: Upper clamp of the activated score before ``-ln(1 - f)`` (step 6), so the loss stays finite.
 CLAMP = 1.0 - 1e-7
-
-
-def _check_number(value, name: str, *, low=None, high=None, low_open=False) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value}")
-    return value
 
 
 def gwrp(x: torch.Tensor, d: float) -> torch.Tensor:
@@ -72,7 +59,7 @@ def gwrp(x: torch.Tensor, d: float) -> torch.Tensor:
         raise ValueError(f"x must have a non-empty last dimension to pool over, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
-    d = _check_number(d, "d", low=0.0, high=1.0)
+    d = check_number(d, "d", low=0.0, high=1.0)
     n = x.shape[-1]
     # d**0 = 1 also for d = 0, so d = 0 keeps only the maximum.
     weights = torch.tensor([d ** i for i in range(n)], dtype=x.dtype, device=x.device)
@@ -169,7 +156,7 @@ def background_loss(heatmaps: torch.Tensor, masks: torch.Tensor, *, d: float = 0
     Tensor
         Scalar loss, or Tensor[N] with ``reduction="none"``. A full mask or an all-zero heatmap gives 0.
     """
-    E = _check_number(E, "E", low=0.0, low_open=True)
+    E = check_number(E, "E", low=0.0, low_open=True)
     if empty not in ("raise", "ignore"):
         raise ValueError(f"empty must be 'raise' or 'ignore', got {empty!r}")
     if reduction not in ("mean", "none"):
@@ -242,8 +229,8 @@ def foreground_loss(s: torch.Tensor, c1: float, c2: float, *, kind: str = "hybri
     """
     if not isinstance(s, torch.Tensor):
         raise TypeError(f"s must be a torch.Tensor, got {type(s).__name__}")
-    c1 = _check_number(c1, "c1", low=0.0, low_open=True)
-    c2 = _check_number(c2, "c2")
+    c1 = check_number(c1, "c1", low=0.0, low_open=True)
+    c2 = check_number(c2, "c2")
     if c2 < c1:
         raise ValueError(f"c2 must be >= c1 (the range is [C1, C2]), got c1={c1}, c2={c2}")
     if kind not in ("hybrid", "quadratic"):
@@ -284,8 +271,8 @@ def lrp_loss(heatmaps: torch.Tensor, masks: torch.Tensor, *, c1: float, c2: floa
     Tensor
         Scalar loss.
     """
-    w1 = _check_number(w1, "w1", low=0.0, low_open=True)
-    w2 = _check_number(w2, "w2", low=0.0, low_open=True)
+    w1 = check_number(w1, "w1", low=0.0, low_open=True)
+    w2 = check_number(w2, "w2", low=0.0, low_open=True)
     l1 = background_loss(heatmaps, masks, d=d, E=E, empty=empty)
     s = foreground_relevance(heatmaps, masks)
     l2_each = foreground_loss(s, c1, c2, kind=foreground, reduction="none").mean(1)
@@ -309,7 +296,7 @@ def is_loss(classification: torch.Tensor, heatmap: torch.Tensor, P: float) -> to
     P : float
         Trade-off in [0, 1] (paper: P in (0, 1), official default 0.7; 0 allows a warm-up).
     """
-    P = _check_number(P, "P", low=0.0, high=1.0)
+    P = check_number(P, "P", low=0.0, high=1.0)
     return (1 - P) * classification + P * heatmap
 
 

@@ -1,0 +1,139 @@
+"""The validation layer at the public API boundary: one place that says what bad input is.
+
+Every public function checks its arguments with these helpers *before* any model state changes, so a
+bad call raises a clear error naming the argument and the fix, never a silent wrong answer:
+
+- images are non-empty, finite, floating ``(N, C, H, W)`` batches (uint8 → divide by 255; a single
+  image → ``x.unsqueeze(0)``) whose dtype matches the model's parameters;
+- tensors that feed a computation are finite (NaN/inf → ``ValueError`` naming the argument);
+- numbers are finite and in range, counts are positive ints, labels are integer and in range.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["check_images", "check_model_input", "check_finite", "check_number", "check_count", "check_labels"]
+
+
+def check_images(x, name: str = "x", *, channels=None) -> None:
+    """Raise a clear error unless ``x`` is a non-empty, finite floating tensor of shape (N, C, H, W).
+
+    Parameters
+    ----------
+    x : Tensor
+        The batch to check.
+    name : str
+        The argument name used in the error message.
+    channels : int or tuple of int, optional
+        Allowed channel counts.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}; "
+                         f"add a batch dimension with {name}.unsqueeze(0) for a single image")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor with pixels in [0, 1], got dtype {x.dtype}; "
+                        f"convert with {name}.float() / 255")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}): pass at least one image")
+    if channels is not None:
+        allowed = (channels,) if isinstance(channels, int) else tuple(channels)
+        if x.shape[1] not in allowed:
+            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} channels, got shape "
+                             f"{tuple(x.shape)}; images are (N, C, H, W), channels first")
+    check_finite(x, name)
+
+
+def _model_dtype(model: nn.Module):
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def check_model_input(model, x, name: str = "x") -> None:
+    """:func:`check_images` plus: ``model`` is a Module whose parameters have ``x``'s dtype.
+
+    A float64 batch into a float32 model would fail deep inside the first convolution ("expected
+    scalar type"); this names both dtypes and the fix instead.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_images(x, name)
+    dtype = _model_dtype(model)
+    if dtype is not None and dtype != x.dtype:
+        cast = {torch.float32: "float()", torch.float64: "double()", torch.float16: "half()",
+                torch.bfloat16: "bfloat16()"}.get(dtype, f"to({dtype})")
+        raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {dtype}; "
+                        f"cast the input with {name}.{cast} (or the model with model.to({x.dtype}))")
+
+
+def check_finite(value, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` when a tensor or array holds NaN or inf."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex():
+            if not bool(torch.isfinite(value.detach()).all()):
+                raise ValueError(f"{name} holds NaN or inf values; check what produced it "
+                                 f"(torch.isfinite({name}).all() is False)")
+        return
+    arr = np.asarray(value)
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds NaN or inf values; check what produced it (np.isfinite({name}).all() "
+                         f"is False)")
+
+
+def check_number(value, name: str, *, low=None, high=None, low_open: bool = False,
+                 high_open: bool = False) -> float:
+    """A finite real number in ``[low, high]`` (ends open when asked), returned as a float."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+def check_count(value, name: str, *, minimum: int = 1) -> int:
+    """An int ``>= minimum`` (bools, floats such as 1.5 and numbers below the minimum raise)."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def check_labels(labels, n: int | None, num_classes: int | None, name: str = "y") -> torch.Tensor:
+    """Integer class labels of shape ``(n,)`` in ``[0, num_classes)``, returned as a LongTensor.
+
+    ``n`` and ``num_classes`` may be None to skip that check.
+    """
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a LongTensor of shape (N,), got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"{name} must hold integer class indices, got dtype {labels.dtype}; use {name}.long()")
+    if labels.dim() != 1 or (n is not None and labels.shape[0] != n):
+        want = f"({n},)" if n is not None else "(N,)"
+        raise ValueError(f"{name} must have shape {want}, one label per sample, got {tuple(labels.shape)}")
+    if num_classes is not None and labels.numel():
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{name} must lie in [0, {num_classes}) (one per model output), got values in "
+                             f"[{lo}, {hi}]; the model has {num_classes} outputs")
+    return labels.long()
