@@ -470,6 +470,12 @@ def test_frozen_batchnorm_heatmap_gradient_matches_finite_differences():
 
 
 class _Boom(nn.Module):
+    """A container (it has a child, so LRP-Flex accepts it) whose forward raises mid-pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Identity()
+
     def forward(self, x):
         raise RuntimeError("boom")
 

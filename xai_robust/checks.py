@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["check_images", "check_model_input", "check_finite", "check_number", "check_count", "check_labels"]
+__all__ = ["check_images", "check_model_input", "check_dtype", "output_size", "check_training_data", "check_finite", "check_number", "check_count", "check_labels"]
 
 
 def check_images(x, name: str = "x", *, channels=None) -> None:
@@ -65,6 +65,11 @@ def check_model_input(model, x, name: str = "x") -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_images(x, name)
+    check_dtype(model, x, name)
+
+
+def check_dtype(model: nn.Module, x: torch.Tensor, name: str = "x") -> None:
+    """Raise ``TypeError`` naming both dtypes when ``x``'s dtype differs from the model's parameters'."""
     dtype = _model_dtype(model)
     if dtype is not None and dtype != x.dtype:
         cast = {torch.float32: "float()", torch.float64: "double()", torch.float16: "half()",
@@ -137,3 +142,39 @@ def check_labels(labels, n: int | None, num_classes: int | None, name: str = "y"
             raise ValueError(f"{name} must lie in [0, {num_classes}) (one per model output), got values in "
                              f"[{lo}, {hi}]; the model has {num_classes} outputs")
     return labels.long()
+
+
+def output_size(model: nn.Module, x: torch.Tensor) -> int:
+    """The number of logits ``model`` returns, from one eval-mode forward pass of ``x[:1]`` without gradients.
+
+    The model's modes are restored and nothing is updated (eval-mode BatchNorm reads its statistics), so this
+    can run before training to check the labels against the model.
+    """
+    from .attribution import restore_model
+
+    with restore_model(model), torch.no_grad():
+        model.eval()
+        out = model(x[:1])
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ValueError(f"the model must return logits of shape (N, K), got "
+                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    return int(out.shape[1])
+
+
+def check_training_data(model: nn.Module, images, labels, device=None, *, names=("dataset.images",
+                                                                                  "dataset.labels")) -> None:
+    """Check a training set against the model before training starts (nothing about the model changes).
+
+    The first image goes through :func:`check_model_input` (on ``device``); in-memory images are checked for
+    NaN/inf as a whole; the labels must be integers in ``[0, K)`` for the model's K outputs, one per image.
+    """
+    n = len(images)
+    if n == 0:
+        raise ValueError(f"{names[0]} is empty: pass at least one training sample")
+    first = images[torch.arange(1)]
+    if device is not None:
+        first = first.to(device)
+    check_model_input(model, first, names[0])
+    if isinstance(images, torch.Tensor):
+        check_finite(images, names[0])
+    check_labels(labels, n, output_size(model, first), names[1])

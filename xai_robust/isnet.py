@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import losses
-from .attribution import check_images, resolve_target, restore_model
+from .attribution import resolve_target, restore_model
+from .checks import check_labels, check_model_input, check_number, check_training_data
 
 __all__ = ["VARIANTS", "isnet_heatmaps", "isnet_loss", "rrr_loss", "estimate_ranges", "fit", "warmup",
            "stochastic_targets", "step_time"]
@@ -136,7 +137,7 @@ def isnet_heatmaps(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | Non
         ISNet's z⁺ maps are under ``"zplus:input"`` and ``"zplus:<layer>"``. With ``return_logits``, the
         pair ``(maps, logits)``.
     """
-    check_images(x)
+    check_model_input(model, x)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     layers = list(layers or [])
@@ -250,14 +251,13 @@ def isnet_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.
         The scalar loss and the logits of the ordinary forward pass (for accuracy bookkeeping);
         plus the parts dict when ``return_parts``.
     """
-    check_images(x)
+    check_model_input(model, x)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    P = float(P)
-    if not 0.0 <= P <= 1.0:
-        raise ValueError(f"P must be in [0, 1], got {P}")
+    P = check_number(P, "P", low=0.0, high=1.0)
     if masks is None:
         raise ValueError("masks is None: the ISNet loss needs foreground masks (1 = foreground) for every image")
+    y = check_labels(y, x.shape[0], None, "y")
     if variant == "gradxinput":
         if layers:
             raise ValueError("layers (LRP Deep Supervision) needs LRP heatmaps; variant 'gradxinput' has none")
@@ -272,6 +272,7 @@ def isnet_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.
                                    layers=layers, generator=generator, create_graph=True, bounds=bounds,
                                    batchnorm=batchnorm, return_logits=True)
         logits = fwd if shared else model(x)
+    check_labels(y, None, logits.shape[1], "y")
     ce = F.cross_entropy(logits, y)
     parts = {"ce": float(ce.detach())}
     if P == 0.0:
@@ -310,14 +311,14 @@ def rrr_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Te
     (Tensor, Tensor)
         Loss and logits (plus parts when ``return_parts``).
     """
-    check_images(x)
-    lam = float(lam)
-    if not lam >= 0:
-        raise ValueError(f"lam must be >= 0, got {lam}")
+    check_model_input(model, x)
+    lam = check_number(lam, "lam", low=0.0)
     if masks is None:
         raise ValueError("masks is None: RRR needs foreground masks to know the background")
+    y = check_labels(y, x.shape[0], None, "y")
     xg = x.detach().requires_grad_(True)
     logits = model(xg)
+    check_labels(y, None, logits.shape[1], "y")
     ce = F.cross_entropy(logits, y)
     (g,) = torch.autograd.grad(logits.log_softmax(1).sum(), xg, create_graph=True)
     background = 1 - losses.resize_masks(masks, x.shape[-2:]).to(x.dtype)
@@ -330,6 +331,9 @@ def rrr_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Te
 
 def _batches(data, batch_size, *, shuffle=False, generator=None):
     """Yield (x, y, masks) batches from a SampleDataset-like object or an (x, y, masks) tuple."""
+    from .checks import check_count
+
+    check_count(batch_size, "batch_size")
     if isinstance(data, (tuple, list)):
         x, y, m = data
     else:
@@ -455,6 +459,8 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
     schedule = P if callable(P) else (lambda progress, _p=float(P): _p)
     dev = next(model.parameters()).device
     x_all = dataset[0] if isinstance(dataset, (tuple, list)) else dataset.images
+    y_all = dataset[1] if isinstance(dataset, (tuple, list)) else dataset.labels
+    check_training_data(model, x_all, y_all, dev)
     n = x_all.shape[0]
 
     key = None

@@ -59,6 +59,7 @@ def gwrp(x: torch.Tensor, d: float) -> torch.Tensor:
         raise ValueError(f"x must have a non-empty last dimension to pool over, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
+    check_finite(x, "x")
     d = check_number(d, "d", low=0.0, high=1.0)
     n = x.shape[-1]
     # d**0 = 1 also for d = 0, so d = 0 keeps only the maximum.
@@ -67,12 +68,15 @@ def gwrp(x: torch.Tensor, d: float) -> torch.Tensor:
     return (ranked * weights).sum(-1) / weights.sum()
 
 
-def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_masks(masks: torch.Tensor, size: tuple[int, int], *, upsample: str = "average") -> torch.Tensor:
     """Resize foreground masks to a heatmap's spatial size; any foreground in a cell makes it foreground.
 
-    Adaptive average pooling (or nearest up-sampling when the heatmap is larger), then every non-zero
-    cell becomes 1 — the official ISNet code's choice, which enlarges the foreground slightly
-    (Faster ISNet Algorithm 1 line 4; REFERENCE.md). Chapter 03.
+    Adaptive average pooling to ``size``, then every non-zero cell becomes 1 — the official ISNet code's
+    choice, which enlarges the foreground slightly (Faster ISNet Algorithm 1 line 4; the book's reference
+    notes). The official code average-pools when the heatmap is *larger* than the mask too
+    (``upsample="average"``, the default): an output cell straddling two mask pixels is foreground if either
+    is. ``upsample="nearest"`` copies the nearest mask pixel instead (less foreground). Chapter 03's
+    heatmaps are never larger than its masks, so its results do not depend on this choice.
 
     Parameters
     ----------
@@ -80,6 +84,8 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         1 (or any non-zero value) on the foreground, 0 on the background.
     size : (int, int)
         Target (height, width).
+    upsample : {"average", "nearest"}
+        How to enlarge a mask smaller than ``size`` along either axis.
 
     Returns
     -------
@@ -88,14 +94,17 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """
     if not isinstance(masks, torch.Tensor):
         raise TypeError(f"masks must be a torch.Tensor of shape (N, 1, H, W), got {type(masks).__name__}")
+    if upsample not in ("average", "nearest"):
+        raise ValueError(f"upsample must be 'average' (the official ISNet code) or 'nearest', got {upsample!r}")
     if masks.dim() == 3:
         masks = masks.unsqueeze(1)
     if masks.dim() != 4 or masks.shape[1] != 1:
         raise ValueError(f"masks must have shape (N, 1, H, W) or (N, H, W), got {tuple(masks.shape)}")
     masks = masks.float() if not masks.is_floating_point() else masks
+    check_finite(masks, "masks")
     size = (int(size[0]), int(size[1]))
     if tuple(masks.shape[-2:]) != size:
-        if masks.shape[-2] >= size[0] and masks.shape[-1] >= size[1]:
+        if upsample == "average" or (masks.shape[-2] >= size[0] and masks.shape[-1] >= size[1]):
             masks = F.adaptive_avg_pool2d(masks, size)
         else:
             masks = F.interpolate(masks, size=size, mode="nearest")
@@ -114,6 +123,10 @@ def _as_maps(heatmaps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor,
                          "supervised with a mask")
     if not heatmaps.is_floating_point():
         raise TypeError(f"heatmaps must be a floating tensor, got dtype {heatmaps.dtype}")
+    check_finite(heatmaps, "heatmaps")
+    if heatmaps.dtype in (torch.float16, torch.bfloat16):
+        # NORM_EPS (1e-10) and the pooled sums do not fit half precision: compute the loss in float32
+        heatmaps = heatmaps.float()
     if not isinstance(masks, torch.Tensor):
         raise TypeError(f"masks must be a torch.Tensor of shape (N, 1, H, W), got {type(masks).__name__}")
     if masks.shape[0] != heatmaps.shape[0]:
@@ -229,6 +242,7 @@ def foreground_loss(s: torch.Tensor, c1: float, c2: float, *, kind: str = "hybri
     """
     if not isinstance(s, torch.Tensor):
         raise TypeError(f"s must be a torch.Tensor, got {type(s).__name__}")
+    check_finite(s, "s")
     c1 = check_number(c1, "c1", low=0.0, low_open=True)
     c2 = check_number(c2, "c2")
     if c2 < c1:
@@ -297,6 +311,8 @@ def is_loss(classification: torch.Tensor, heatmap: torch.Tensor, P: float) -> to
         Trade-off in [0, 1] (paper: P in (0, 1), official default 0.7; 0 allows a warm-up).
     """
     P = check_number(P, "P", low=0.0, high=1.0)
+    check_finite(classification, "classification")
+    check_finite(heatmap, "heatmap")
     return (1 - P) * classification + P * heatmap
 
 

@@ -60,10 +60,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attribution import check_images, resolve_target, restore_model
+from .attribution import resolve_target, restore_model
+from .checks import check_dtype, check_finite, check_images
 
 __all__ = ["lrp_flex", "relu_fed_layers", "epsilon_composite", "exmap_composite", "zennit_heatmap", "captum_lrp",
-           "UNSUPPORTED_ACTIVATIONS"]
+           "UNSUPPORTED_ACTIVATIONS", "SUPPORTED_MODULES"]
 
 #: Nonlinearity modules LRP-Flex can see but not explain; ``lrp_flex`` refuses models containing them.
 UNSUPPORTED_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.PReLU,
@@ -71,6 +72,15 @@ UNSUPPORTED_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh, nn.S
                            nn.RReLU, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Softmax, nn.LogSoftmax,
                            nn.Threshold, nn.Hardshrink, nn.Softshrink, nn.Softmax2d, nn.Softmin)
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+#: Leaf modules LRP-Flex explains: the layers, ReLU, BatchNorm, dropout, pooling and shape-only maps. Any
+#: other leaf module (one without children) is refused, since its backward would be read as if it were
+#: linear. Modules with children are containers whose own functional calls are invisible (module notes).
+SUPPORTED_MODULES = (*_LAYERS, nn.ReLU, nn.modules.batchnorm._BatchNorm, *_DROPOUT,
+                     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Unflatten, nn.Identity,
+                     nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
 _QUANTITIES = ("logit", "eta", "joint")
 _RULES = ("epsilon", "zplus")
 _BATCHNORM = ("eval", "batch", "frozen")
@@ -404,9 +414,13 @@ def _capture_hook(state, name):
     return hook
 
 
+def _is_normalizer(module) -> bool:
+    return type(module).__name__ == "Normalize"
+
+
 def _normalizers(model):
     """``model.normalize`` and any module named like the package's ``Normalize`` (per-channel affine maps)."""
-    found = [m for m in model.modules() if type(m).__name__ == "Normalize"]
+    found = [m for m in model.modules() if _is_normalizer(m)]
     norm = getattr(model, "normalize", None)
     if isinstance(norm, nn.Module) and norm not in found:
         found.append(norm)
@@ -423,9 +437,9 @@ def _hooked(model, state, batchnorm) -> Iterator[None]:
         try:
             for m in relus:
                 m.inplace = False
-            if batchnorm == "eval":
+            if batchnorm == "eval":  # batch-independent and deterministic heatmaps
                 for m in model.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    if isinstance(m, (nn.modules.batchnorm._BatchNorm, *_DROPOUT)):
                         m.eval()
             if state.first_layer == "zb" or state.rule == "zplus":
                 for m in _normalizers(model):
@@ -453,9 +467,12 @@ def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, b
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
-        raise TypeError("x must be a floating tensor with a batch dimension, e.g. images (N, C, H, W) in [0, 1]")
-    if not isinstance(x, torch.Tensor) or x.shape[0] == 0 or not bool(torch.isfinite(x.detach()).all()):
-        raise ValueError("x must be a non-empty batch of finite values (no NaN or inf)")
+        raise TypeError("x must be a floating tensor with a batch dimension, e.g. images (N, C, H, W) in [0, 1]; "
+                        "convert uint8 images with x.float() / 255 and add a batch dimension with x.unsqueeze(0)")
+    if x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch (shape {tuple(x.shape)}): pass at least one sample")
+    check_finite(x, "x")
+    check_dtype(model, x)
     if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"epsilon must be a number >= 0 (0 gives LRP-0 = Gradient×Input), got {epsilon!r}")
     if quantity not in _QUANTITIES:
@@ -485,10 +502,22 @@ def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, b
         if missing:
             raise ValueError(f"layers: no module named {missing} in the model; see [n for n, _ in "
                              "model.named_modules()]")
+    folding = rule == "zplus" or first_layer == "zb"
     for name, m in model.named_modules():
         if isinstance(m, UNSUPPORTED_ACTIVATIONS):
             raise ValueError(f"model.{name} is {type(m).__name__}: LRP-Flex explains ReLU networks only (Faster ISNet, "
                              "Sec. II-G); replace it by nn.ReLU, or apply output activations outside the model")
+        if next(m.children(), None) is None and not isinstance(m, SUPPORTED_MODULES) and not _is_normalizer(m):
+            raise ValueError(f"model.{name or '(root)'} is {type(m).__name__}, a module LRP-Flex cannot explain: its "
+                             "backward pass would be read as a linear map. LRP-Flex explains networks of "
+                             "xai_robust.lrp.SUPPORTED_MODULES (conv/linear layers, nn.ReLU, BatchNorm, dropout, "
+                             "pooling, Flatten/Identity/padding) and a Normalize module")
+        if (folding and batchnorm == "batch" and isinstance(m, nn.modules.batchnorm._BatchNorm)
+                and _uses_batch_stats(m)):
+            # checked before the forward pass, which would already have updated the running statistics
+            raise ValueError(f"rule='zplus' and first_layer='zb' fold BatchNorm into the preceding layer, which needs "
+                             f"constant statistics, but model.{name} uses batch statistics (training mode) and "
+                             "batchnorm='batch' keeps them; use batchnorm='eval' (the default) or 'frozen'")
 
 
 # --------------------------------------------------------------------------------------------------

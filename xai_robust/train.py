@@ -17,6 +17,7 @@ from torch import nn
 
 from . import cache_dir, device as default_device, seed_everything
 from .cache import config_hash, load_verified, save_verified, state_digest
+from .checks import check_count, check_images, check_model_input, check_training_data
 from .data.base import SampleDataset
 from .metrics.groups import group_accuracies, mean_accuracy, worst_group_accuracy
 
@@ -90,6 +91,9 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
                 or (sample_weights < 0).any() or sample_weights.sum() == 0:
             raise ValueError(f"sample_weights must be {n} finite non-negative numbers, not all zero")
     device = device or default_device()
+    model.to(device)
+    if loss_fn is None:  # cross-entropy: the labels index the model's outputs
+        check_training_data(model, dataset.images, dataset.labels, device)
     key = config_hash(dict(init=state_digest(model), data=dataset.fingerprint(), epochs=epochs, lr=lr,
                            batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, seed=seed,
                            weights=None if sample_weights is None else hashlib.sha256(
@@ -147,11 +151,13 @@ def predict(model: nn.Module, x_or_dataset, *, batch_size: int = 256, device=Non
     from .attribution import restore_model
 
     images = _images(x_or_dataset)
-    if isinstance(images, torch.Tensor):
-        from .attribution import check_images
-
-        check_images(images, "x_or_dataset")
+    check_count(batch_size, "batch_size")
     device = device or next(model.parameters()).device
+    if isinstance(images, torch.Tensor):
+        check_images(images, "x_or_dataset")
+    if len(images) == 0:
+        raise ValueError("x_or_dataset is empty: pass at least one image")
+    check_model_input(model, images[torch.arange(1)].to(device), "x_or_dataset")
     out = []
     with restore_model(model):
         model.eval()
@@ -182,7 +188,13 @@ def embed(model: nn.Module, x_or_dataset, *, batch_size: int = 256, device=None)
     from .models import embed as embed_batch
 
     images = _images(x_or_dataset)
+    check_count(batch_size, "batch_size")
     device = device or next(model.parameters()).device
+    if isinstance(images, torch.Tensor):
+        check_images(images, "x_or_dataset")
+    if len(images) == 0:
+        raise ValueError("x_or_dataset is empty: pass at least one image")
+    check_model_input(model, images[torch.arange(1)].to(device), "x_or_dataset")
     return torch.cat([embed_batch(model, images[i:i + batch_size].to(device)).cpu()
                       for i in range(0, len(images), batch_size)])
 
