@@ -11,7 +11,7 @@ from scipy.sparse.csgraph import laplacian
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from xai_robust import cluster, models
+from xai_robust import cluster, lrp, models
 
 
 def planted(n_per_group=60, noise=0.3, dim=40, seed=0):
@@ -175,7 +175,8 @@ def test_heatmap_representations_with_any_attribution_and_model_restored():
     torch.manual_seed(0)
     model = _Tiny().train()
     x = torch.rand(10, 3, 6, 6)
-    r = cluster.heatmap_representations(model, x, attribution=_grad_x_input, batch_size=4, progress=False)
+    r = cluster.heatmap_representations(model, x, attribution=_grad_x_input, batch_size=4, progress=False,
+                                        relevance="logit")
     assert model.training, "train mode must be restored"
     model.eval()
     ref = cluster.normalize_heatmaps(_grad_x_input(model, x))
@@ -215,3 +216,36 @@ def test_heatmap_representations_restores_each_submodules_mode_also_when_it_rais
     with pytest.raises(RuntimeError, match="mid-explanation"):
         cluster.heatmap_representations(model, x, attribution=broken, progress=False)
     assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def test_relevance_seed_one_is_exmaps_zennit_one_hot_seed():
+    """ExMap's code seeds the explained class with relevance 1 (zennit, one-hot output relevance)."""
+    from zennit.attribution import Gradient
+
+    torch.manual_seed(3)
+    model = models.build("small_resnet", 2, seed=3).eval()
+    x = torch.rand(12, 3, 16, 16)
+    with torch.no_grad():  # shift the logits so that about half the predicted logits are negative
+        models.last_linear(model).bias.sub_(model(x).max(1).values.median() + 1e-4)
+    z = model(x).detach()
+    t = z.argmax(1)
+    assert (z.max(1).values < 0).any() and (z.max(1).values > 0).any()
+    one = cluster.heatmap_representations(model, x, attribution=lrp.zennit_heatmap, progress=False)
+    logit = cluster.heatmap_representations(model, x, attribution=lrp.zennit_heatmap, progress=False,
+                                            relevance="logit")
+    with Gradient(model=model, composite=lrp.exmap_composite()) as attributor:
+        _, ref = attributor(x.clone().requires_grad_(True), torch.nn.functional.one_hot(t, 2).float())
+    ref = ref * model.normalize.std  # relevance at the first layer's input, as zennit_heatmap returns it
+    torch.testing.assert_close(one, cluster.normalize_heatmaps(ref), atol=1e-5, rtol=1e-4)
+    negative = z.max(1).values < 0
+    torch.testing.assert_close(one[negative], -logit[negative])
+    torch.testing.assert_close(one[~negative], logit[~negative])
+    with pytest.raises(ValueError, match="relevance"):
+        cluster.heatmap_representations(model, x, relevance="value", progress=False)
+
+
+def test_pca_is_off_by_default_as_in_exmaps_code():
+    import inspect
+
+    for fn in (cluster.pseudo_groups, cluster.spectral_clustering, cluster.kmeans, cluster.eigengap):
+        assert inspect.signature(fn).parameters["pca"].default is None, fn.__name__

@@ -28,16 +28,16 @@ Implementation notes (see the chapter for the reasoning):
   with the smallest eigenvalues are computed as the *largest* eigenvectors of the normalized
   adjacency, per connected component, with ARPACK (no shift-invert factorisation needed; dense
   ``eigh`` for small components).
-* For speed on many or large heatmaps, representations with more than ``pca`` columns are
-  first projected on their leading ``pca`` principal components (randomized SVD) before the k-NN
-  graph is built (default 50). ExMap's code builds the graph on the full heatmaps; pass
-  ``pca=None`` to do the same.
+* The k-NN graph is built on the full heatmaps, as in ExMap's code (``pca=None``, the default).
+  ``pca=50`` first projects representations with more than 50 columns on their leading principal
+  components (randomized SVD), for speed on many large heatmaps. It is off by default because it
+  changes the partitions: on chapter 04's scenes heatmaps at seeds 0-2 the ARI between the
+  partitions with and without it was 0.26-0.61 (tools/exmap_options.py).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
@@ -47,6 +47,8 @@ import scipy.sparse.csgraph
 import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
+
+from .checks import check_count, check_finite, check_model_input
 
 __all__ = [
     "normalize_heatmaps",
@@ -107,14 +109,9 @@ def normalize_heatmaps(heatmaps: torch.Tensor, size: Optional[Union[int, Tuple[i
 
 
 def _default_attribution() -> Attribution:
-    try:
-        from xai_robust.lrp import lrp_flex  # ExMap uses LRP (Sec. 4.1); LRP-Flex is chapter 02's
-        return lrp_flex
-    except ImportError:  # pragma: no cover - depends on which modules are installed
-        from xai_robust.attribution import gradient_x_input
+    from xai_robust.lrp import lrp_flex  # ExMap uses LRP (Sec. 4.1); LRP-Flex is chapter 02's
 
-        warnings.warn("xai_robust.lrp is unavailable; falling back to Gradient x Input heatmaps", stacklevel=3)
-        return gradient_x_input
+    return lrp_flex
 
 
 def heatmap_representations(
@@ -126,12 +123,20 @@ def heatmap_representations(
     size=None,
     batch_size: int = 128,
     progress: bool = True,
+    relevance: str = "one",
 ) -> torch.Tensor:
     """Explain every image and return ExMap's flattened, normalised heatmaps (ExMap, Alg. 1).
 
     The model is put in eval mode while explaining (heatmaps must not leak across the batch
-    through BatchNorm statistics) and restored to its previous mode afterwards, even on error.
+    through BatchNorm statistics) and every submodule's mode is restored afterwards, even on error.
     Chapter 04.
+
+    The relevance of the explained class starts at 1 (``relevance="one"``), as in ExMap's code
+    (zennit with a one-hot output relevance); LRP-Flex and :func:`xai_robust.lrp.zennit_heatmap` start
+    it at the logit's value (Faster ISNet Eq. 3). LRP is linear in that seed, so the two maps differ by
+    the factor :math:`1/z_t` per image, and after the division by the largest absolute value only its
+    sign is left: with ``"one"`` the heatmap of an image whose explained logit is negative is negated.
+    ``relevance="logit"`` keeps the attribution's own seed.
 
     Parameters
     ----------
@@ -150,6 +155,9 @@ def heatmap_representations(
         Images explained per call.
     progress : bool
         Show a tqdm progress bar.
+    relevance : {"one", "logit"}
+        Seed of the explained class's relevance: 1 (ExMap's code, default) or the logit's value (the
+        attribution's own; LRP-Flex's Eq. 3). See above.
 
     Returns
     -------
@@ -164,8 +172,11 @@ def heatmap_representations(
         raise ValueError("x must be an image tensor (N, C, H, W) or a dataset with an `images` tensor")
     if len(images) == 0:
         raise ValueError("x is empty: pass at least one image")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not images.is_floating_point():
+        raise TypeError(f"x must hold float images in [0, 1], got dtype {images.dtype}; convert with x.float() / 255")
+    check_count(batch_size, "batch_size")
+    if relevance not in ("one", "logit"):
+        raise ValueError(f"relevance must be 'one' (ExMap's code) or 'logit' (LRP-Flex's seed), got {relevance!r}")
     if attribution is None:
         attribution = _default_attribution()
     if not callable(attribution):
@@ -177,20 +188,30 @@ def heatmap_representations(
         dev = next(model.parameters()).device
     except StopIteration:
         dev = images.device
-    from .attribution import restore_model
+    from .attribution import resolve_target, restore_model
 
+    check_model_input(model, images[:1].to(dev))
     out = []
     with restore_model(model):  # every submodule's own mode and flags come back, also when this raises
         model.eval()
         for start in tqdm(range(0, n, batch_size), desc="heatmaps", disable=not progress, leave=False):
             xb = images[start:start + batch_size].to(dev)
+            check_finite(xb, "x")
             tb = target
             if isinstance(target, torch.Tensor) and target.dim() > 0:
                 tb = target[start:start + batch_size].to(dev)
+            if relevance == "one":  # resolve the targets here, so the sign below belongs to the explained class
+                with torch.no_grad():
+                    logits = model(xb)
+                tb = resolve_target(logits, tb)
             h = attribution(model, xb, tb)
             if tuple(h.shape) != tuple(xb.shape):
                 raise ValueError(f"attribution returned shape {tuple(h.shape)}, expected the input's {tuple(xb.shape)}")
-            out.append(normalize_heatmaps(h.detach().cpu(), size))
+            h = h.detach()
+            if relevance == "one":  # seed 1 instead of z_t: the factor 1/z_t, of which normalisation keeps the sign
+                z = logits.gather(1, tb[:, None]).to(h.dtype)
+                h = h * torch.where(z < 0, -1.0, 1.0).reshape((-1,) + (1,) * (h.dim() - 1))
+            out.append(normalize_heatmaps(h.cpu(), size))
     return torch.cat(out)
 
 
@@ -350,7 +371,7 @@ def _check_max_k(max_k, n):
         )
 
 
-def eigengap(affinity_or_features, max_k: int = 10, *, n_neighbors: Optional[int] = None, pca: Optional[int] = 50,
+def eigengap(affinity_or_features, max_k: int = 10, *, n_neighbors: Optional[int] = None, pca: Optional[int] = None,
              seed: int = 0) -> int:
     """Number of clusters from the eigengap of the normalized Laplacian (ExMap, Sec. 5 "Setup").
 
@@ -397,7 +418,7 @@ def cluster_qr(vectors: np.ndarray) -> np.ndarray:
 
 
 def spectral_clustering(features: ArrayLike, k: Optional[int] = None, *, max_k: int = 10,
-                        n_neighbors: Optional[int] = None, pca: Optional[int] = 50, seed: int = 0) -> Tuple[np.ndarray, int]:
+                        n_neighbors: Optional[int] = None, pca: Optional[int] = None, seed: int = 0) -> Tuple[np.ndarray, int]:
     """Spectral clustering with a k-NN affinity, eigengap choice of k and cluster-QR (ExMap, Sec. 4.2).
 
     Parameters
@@ -412,7 +433,7 @@ def spectral_clustering(features: ArrayLike, k: Optional[int] = None, *, max_k: 
         Graph degree; default ``int(log N)``.
     pca : int or None
         Project on this many principal components before building the graph when D is larger
-        (default 50, for speed); None = use the raw representation as ExMap's code does.
+        (for speed); None (default) = the raw representation, as ExMap's code does.
     seed : int
         Seeds the PCA and the eigensolver's start vector.
 
@@ -443,7 +464,7 @@ def spectral_clustering(features: ArrayLike, k: Optional[int] = None, *, max_k: 
 
 
 def kmeans(features: ArrayLike, k: Optional[int] = None, *, max_k: int = 10, n_neighbors: Optional[int] = None,
-           pca: Optional[int] = 50, seed: int = 0) -> Tuple[np.ndarray, int]:
+           pca: Optional[int] = None, seed: int = 0) -> Tuple[np.ndarray, int]:
     """k-means with 10 restarts (ExMap, Sec. 6.3 / Table 5). Chapter 04.
 
     ``k=None`` chooses k with the same eigengap heuristic as :func:`spectral_clustering`
@@ -471,7 +492,7 @@ def kmeans(features: ArrayLike, k: Optional[int] = None, *, max_k: int = 10, n_n
 
 def pseudo_groups(representations: ArrayLike, y: ArrayLike, *, method: str = "spectral", scope: str = "global",
                   k: Optional[int] = None, seed: int = 0, max_k: int = 10, n_neighbors: Optional[int] = None,
-                  pca: Optional[int] = 50, return_k: bool = False):
+                  pca: Optional[int] = None, return_k: bool = False):
     """Pseudo group labels :math:`\\hat G = L \\times \\hat A` from clustered representations (ExMap, Alg. 1, Sec. 4.2).
 
     Global ExMap (G-ExMap, the paper's default) clusters all representations at once and splits
