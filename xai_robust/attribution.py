@@ -120,7 +120,7 @@ def input_gradient(model: nn.Module, x: torch.Tensor, target=None, *, create_gra
     The model runs in eval mode (BatchNorm with running statistics), so one sample's explanation never
     depends on the rest of the batch; its mode is restored afterwards.
     """
-    check_images(x)
+    check_model_input(model, x)
     with restore_model(model):
         model.eval()
         xg = x.detach().clone().requires_grad_(True)

@@ -169,7 +169,9 @@ def heatmap_representations(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     images = getattr(x, "images", x)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ValueError("x must be an image tensor (N, C, H, W) or a dataset with an `images` tensor")
+        shape = f", got shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else ""
+        raise ValueError(f"x must be an image tensor (N, C, H, W) or a dataset with an `images` tensor{shape}; "
+                         "add a batch dimension with x.unsqueeze(0) for a single image")
     if len(images) == 0:
         raise ValueError("x is empty: pass at least one image")
     if not images.is_floating_point():

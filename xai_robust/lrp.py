@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attribution import resolve_target, restore_model
-from .checks import check_dtype, check_finite, check_images
+from .checks import check_dtype, check_finite, check_model_input
 
 __all__ = ["lrp_flex", "relu_fed_layers", "epsilon_composite", "exmap_composite", "zennit_heatmap", "captum_lrp",
            "UNSUPPORTED_ACTIVATIONS", "SUPPORTED_MODULES"]
@@ -473,6 +473,12 @@ def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, b
         raise ValueError(f"x is an empty batch (shape {tuple(x.shape)}): pass at least one sample")
     check_finite(x, "x")
     check_dtype(model, x)
+    first = next((m for m in model.modules() if isinstance(m, _LAYERS)), None)
+    wanted = {nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}.get(type(first))
+    if wanted is not None and x.dim() != wanted:
+        hint = " add a batch dimension with x.unsqueeze(0) for a single sample;" if x.dim() == wanted - 1 else ""
+        raise ValueError(f"x has shape {tuple(x.shape)} but the model's first layer is {type(first).__name__}, which "
+                         f"takes {wanted}-d batches (N, C, ...);{hint} images are (N, C, H, W)")
     if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"epsilon must be a number >= 0 (0 gives LRP-0 = Gradient×Input), got {epsilon!r}")
     if quantity not in _QUANTITIES:
@@ -770,7 +776,7 @@ def captum_lrp(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float
     from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
     from captum.attr._utils.lrp_rules import EpsilonRule, IdentityRule
 
-    check_images(x)
+    check_model_input(model, x)
     followed = relu_fed_layers(model, x)
     before = {m: set(vars(m)) for m in model.modules()}
     tiny = 1e-12 if x.dtype == torch.float64 else 1e-30
@@ -855,7 +861,7 @@ def zennit_heatmap(model: nn.Module, x: torch.Tensor, target=None, composite=Non
     """
     from zennit.attribution import Gradient
 
-    check_images(x)
+    check_model_input(model, x)
     if isinstance(target, str) and target == "label":
         raise ValueError("target='label' is not accepted: pass the labels themselves as a LongTensor[N]")
     composite = exmap_composite() if composite is None else composite

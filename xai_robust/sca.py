@@ -206,6 +206,9 @@ def accumulate(features, labels, linear: nn.Linear, *, batch_size: int = 4096,
             for c in torch.unique(y).tolist():
                 rows = y == c
                 grads[c] += d_abs[rows].T @ a_abs[rows]
+    if not bool(counts.sum() > 0):
+        raise ValueError("features is empty (no samples to accumulate): pass at least one row of penultimate "
+                         "features with its label")
     return Accumulations(acts, grads, counts)
 
 
