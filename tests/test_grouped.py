@@ -187,3 +187,210 @@ def test_bad_inputs(batch):
         grouped.saliency_map(x, "mean")
     with pytest.raises(ValueError, match="n_steps"):
         grouped.integrated_gradients(model, x, n_steps=0)
+
+
+# --------------------------------------------------------------------------------------------- the API boundary
+class Trip(nn.Module):
+    """Identity, or a RuntimeError in the middle of the forward pass once armed."""
+
+    def __init__(self):
+        super().__init__()
+        self.armed = False
+
+    def forward(self, x):
+        if self.armed:
+            raise RuntimeError("tripped mid-forward")
+        return x
+
+
+class Probe(nn.Module):
+    """``tiny_model`` (float64) with a trip wire after its BatchNorm, counting forward passes and mode switches:
+    a bad call must raise before either."""
+
+    def __init__(self):
+        super().__init__()
+        inner = tiny_model()
+        self.net = nn.Sequential(inner[0], inner[1], Trip(), *inner[2:])
+        self.forwards = 0
+        self.mode_calls = 0
+
+    def forward(self, x):
+        self.forwards += 1
+        return self.net(x)
+
+    def train(self, mode=True):
+        self.mode_calls += 1
+        return super().train(mode)
+
+
+def mixed_mode_probe():
+    """BatchNorm in eval, every other submodule in train, one parameter frozen."""
+    model = Probe()
+    model.train()
+    model.net[1].eval()
+    model.net[0].weight.requires_grad_(False)
+    model.forwards = model.mode_calls = 0
+    return model
+
+
+EXPLANATIONS = {
+    "grouped_gradient": lambda m, x, seg, t=None: grouped.grouped_gradient(m, x, seg, t),
+    "grouped_gradient_probability": lambda m, x, seg, t=None: grouped.grouped_gradient(m, x, seg, t,
+                                                                                       output="probability"),
+    "grouped_smoothgrad": lambda m, x, seg, t=None: grouped.grouped_smoothgrad(m, x, seg, t, n_samples=2),
+    "grouped_integrated_gradients": lambda m, x, seg, t=None: grouped.grouped_integrated_gradients(m, x, seg, t,
+                                                                                                   n_steps=2),
+    "smoothgrad": lambda m, x, seg, t=None: grouped.smoothgrad(m, x, t, n_samples=2, batch_size=3),
+    "integrated_gradients": lambda m, x, seg, t=None: grouped.integrated_gradients(m, x, t, n_steps=3, batch_size=5),
+    "grouped_attribution": lambda m, x, seg, t=None: grouped.grouped_attribution(
+        lambda xx, **kw: grouped.integrated_gradients(m, xx, **kw), x, seg, target=t, n_steps=2),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPLANATIONS))
+def test_mixed_mode_model_restored_per_submodule_even_when_raising_mid_forward(batch, name):
+    x, seg = batch
+    model = mixed_mode_probe()
+    before = state(model)
+    explain = EXPLANATIONS[name]
+    explain(model, x, seg)
+    assert_untouched(model, before)
+    assert model.net[1].training is False and model.net[2].training is True
+    model.net[2].armed = True  # raises after the BatchNorm ran, with every submodule switched to eval
+    with pytest.raises(RuntimeError, match="tripped"):
+        explain(model, x, seg)
+    assert_untouched(model, before)
+    model.net[2].armed = False
+    with pytest.raises(ValueError, match="target"):  # beyond the 3 outputs: known only once the logits exist
+        explain(model, x, seg, 5)
+    assert_untouched(model, before)
+    calls = model.forwards, model.mode_calls
+    with pytest.raises(ValueError, match="target"):  # negative: refused before the model runs
+        explain(model, x, seg, -1)
+    with pytest.raises(TypeError, match="x has dtype torch.float32"):
+        explain(model, x.float(), seg)
+    assert (model.forwards, model.mode_calls) == calls
+    assert_untouched(model, before)
+
+
+def _bad(t, at, value):
+    """A copy of ``t`` with a NaN or inf planted at ``at``."""
+    t = t.clone()
+    t[at] = value
+    return t
+
+
+G = torch.Generator().manual_seed(5)
+X = torch.rand(2, 3, 12, 12, generator=G, dtype=torch.float64)
+SEG = superpixels.square_partition(2, 12, 12, patch_size=4)
+ATTR = torch.randn(2, 3, 12, 12, generator=G, dtype=torch.float64)
+
+# (category, call(model), error type, pattern naming the argument)
+BAD_CALLS = [
+    ("non-finite input", lambda m: grouped.grouped_gradient(m, _bad(X, at=(0, 1, 2, 3), value=float("nan")), SEG),
+     ValueError, r"x holds NaN or inf"),
+    ("non-finite input", lambda m: grouped.smoothgrad(m, _bad(X, at=(1, 0, 0, 0), value=float("inf"))),
+     ValueError, r"x holds NaN or inf"),
+    ("non-finite input", lambda m: grouped.integrated_gradients(m, _bad(X, at=(1, 2, 5, 5), value=-float("inf"))),
+     ValueError, r"x holds NaN or inf"),
+    ("non-finite input", lambda m: grouped.segment_average(_bad(ATTR, at=(0, 0, 0, 0), value=float("nan")), SEG),
+     ValueError, r"attribution holds NaN or inf"),
+    ("non-finite input", lambda m: grouped.saliency_map(_bad(ATTR, at=(0, 0, 0, 0), value=float("inf"))),
+     ValueError, r"attribution holds NaN or inf"),
+    ("non-finite option", lambda m: grouped.smoothgrad(m, X, noise_level=float("nan")),
+     ValueError, r"noise_level must be finite"),
+    ("non-finite option", lambda m: grouped.grouped_smoothgrad(m, X, SEG, noise_level=float("inf")),
+     ValueError, r"noise_level must be finite"),
+    ("non-finite option", lambda m: grouped.integrated_gradients(m, X, baseline=float("nan")),
+     ValueError, r"baseline must be finite"),
+    ("non-finite option", lambda m: grouped.grouped_integrated_gradients(
+        m, X, SEG, baseline=torch.full((1, 3, 12, 12), float("inf"), dtype=torch.float64)),
+     ValueError, r"baseline holds NaN or inf"),
+    ("bad option", lambda m: grouped.smoothgrad(m, X, noise_level=-0.1), ValueError, r"noise_level must be >= 0"),
+    ("bad option", lambda m: grouped.integrated_gradients(m, X, baseline=torch.zeros(3, 5, dtype=torch.float64)),
+     ValueError, r"baseline of shape \(3, 5\) does not broadcast"),
+    ("bad option", lambda m: grouped.grouped_gradient(m, X, SEG, output="softmax"), ValueError, r"output must be"),
+    ("bad option", lambda m: grouped.saliency_map(ATTR, "mean"), ValueError, r"reduction must be"),
+    ("bad option", lambda m: grouped.saliency_map(ATTR.sum(1), "mean"), ValueError, r"reduction must be"),
+    ("uint8", lambda m: grouped.grouped_gradient(m, (X * 255).byte(), SEG), TypeError, r"x\.float\(\) / 255"),
+    ("uint8", lambda m: grouped.smoothgrad(m, (X * 255).byte()), TypeError, r"x\.float\(\) / 255"),
+    ("uint8", lambda m: grouped.grouped_attribution(lambda x: x, (X * 255).byte(), SEG), TypeError,
+     r"x\.float\(\) / 255"),
+    ("dtype mismatch", lambda m: grouped.grouped_gradient(m, X.float(), SEG), TypeError,
+     r"x has dtype torch\.float32 but the model's parameters are torch\.float64"),
+    ("dtype mismatch", lambda m: grouped.integrated_gradients(m, X.float()), TypeError,
+     r"x has dtype torch\.float32 but the model's parameters are torch\.float64"),
+    ("dtype mismatch", lambda m: grouped.grouped_smoothgrad(m, X.float(), SEG), TypeError,
+     r"x has dtype torch\.float32 but the model's parameters are torch\.float64"),
+    ("dtype mismatch", lambda m: grouped.grouped_gradient(m, X, SEG.float()), TypeError, r"segments must hold integer"),
+    ("dtype mismatch", lambda m: grouped.segment_average(ATTR.long(), SEG), TypeError,
+     r"attribution must be a floating tensor"),
+    ("missing batch dim", lambda m: grouped.grouped_gradient(m, X[0], SEG[0]), ValueError, r"x\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda m: grouped.integrated_gradients(m, X[0]), ValueError, r"x\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda m: grouped.saliency_map(ATTR[0, 0]), ValueError, r"attribution\.unsqueeze\(0\)"),
+    ("empty batch", lambda m: grouped.grouped_gradient(m, X[:0], SEG[:0]), ValueError, r"x is an empty batch"),
+    ("empty batch", lambda m: grouped.smoothgrad(m, X[:0]), ValueError, r"x is an empty batch"),
+    ("empty batch", lambda m: grouped.segment_average(ATTR[:0], SEG[:0]), ValueError, r"attribution is an empty"),
+    ("bad count", lambda m: grouped.smoothgrad(m, X, n_samples=0), ValueError, r"n_samples must be an int >= 1"),
+    ("bad count", lambda m: grouped.smoothgrad(m, X, n_samples=1.5), TypeError, r"n_samples must be an int"),
+    ("bad count", lambda m: grouped.grouped_smoothgrad(m, X, SEG, n_samples=True), TypeError, r"n_samples"),
+    ("bad count", lambda m: grouped.smoothgrad(m, X, batch_size=0), ValueError, r"batch_size"),
+    ("bad count", lambda m: grouped.smoothgrad(m, X, seed=0.5), TypeError, r"seed"),
+    ("bad count", lambda m: grouped.integrated_gradients(m, X, n_steps=0), ValueError, r"n_steps"),
+    ("bad count", lambda m: grouped.integrated_gradients(m, X, n_steps=2.0), TypeError, r"n_steps"),
+    ("bad count", lambda m: grouped.grouped_integrated_gradients(m, X, SEG, batch_size=1.5), TypeError,
+     r"batch_size"),
+    ("bad target", lambda m: grouped.grouped_gradient(m, X, SEG, -1), ValueError, r"target holds negative"),
+    ("bad target", lambda m: grouped.grouped_gradient(m, X, SEG, torch.tensor([0, 1, 2])), ValueError,
+     r"target must have shape \(2,\)"),
+    ("bad target", lambda m: grouped.smoothgrad(m, X, torch.tensor([0.0, 1.0])), TypeError,
+     r"target must hold integer"),
+    ("bad target", lambda m: grouped.integrated_gradients(m, X, True), TypeError, r"target must be .* not a bool"),
+    ("bad target", lambda m: grouped.grouped_smoothgrad(m, X, SEG, "highest"), ValueError, r"target='highest'"),
+    ("bad segments", lambda m: grouped.grouped_gradient(m, X, SEG[:1]), ValueError, r"segments has shape"),
+    ("bad segments", lambda m: grouped.segment_average(ATTR, -SEG), ValueError, r"segments must hold non-negative"),
+    ("not callable", lambda m: grouped.grouped_attribution("ig", X, SEG), TypeError, r"attribute must be a callable"),
+    ("not a model", lambda m: grouped.grouped_gradient(lambda x: x, X, SEG), TypeError, r"model must be"),
+]
+
+
+@pytest.mark.parametrize("category, call, error, pattern", BAD_CALLS,
+                         ids=[f"{c}-{i}" for i, (c, *_rest) in enumerate(BAD_CALLS)])
+def test_bad_input_raises_before_the_model_runs(category, call, error, pattern):
+    """Every public function of grouped: a clear error naming the argument, before any forward pass or mode
+    switch (so the model is untouched)."""
+    model = mixed_mode_probe()
+    before = state(model)
+    with pytest.raises(error, match=pattern):
+        call(model)
+    assert (model.forwards, model.mode_calls) == (0, 0), "the check ran after the model was touched"
+    assert_untouched(model, before)
+
+
+def test_target_beyond_the_outputs_names_the_target_and_restores(batch):
+    x, seg = batch
+    model = mixed_mode_probe()
+    before = state(model)
+    for call in (lambda: grouped.smoothgrad(model, x, torch.tensor([0, 1, 3, 1]), n_samples=2),
+                 lambda: grouped.integrated_gradients(model, x, 3, n_steps=2)):
+        with pytest.raises(ValueError, match=r"target holds class indices outside \[0, 2\]"):
+            call()
+        assert_untouched(model, before)
+
+
+def test_valid_variants_still_accepted(batch):
+    """Targets as a one-element tensor or numpy int, baselines as a list or an image, sparse segment ids."""
+    import numpy as np
+
+    x, seg = batch
+    model = tiny_model()
+    ref = grouped.grouped_gradient(model, x, seg, 1)
+    torch.testing.assert_close(grouped.grouped_gradient(model, x, seg, torch.tensor([1])), ref)
+    torch.testing.assert_close(grouped.grouped_gradient(model, x, seg, np.int64(1)), ref)
+    ig = grouped.integrated_gradients(model, x, 1, baseline=0.5, n_steps=3)
+    torch.testing.assert_close(grouped.integrated_gradients(model, x, 1, baseline=[0.5], n_steps=3), ig)
+    torch.testing.assert_close(
+        grouped.integrated_gradients(model, x, 1, baseline=torch.full((1, 3, 1, 1), 0.5), n_steps=3), ig)
+    sparse = seg * 10 ** 12  # ids far beyond H*W: compacted, same means, no huge allocation
+    torch.testing.assert_close(grouped.segment_average(ATTR[:1].expand(4, -1, -1, -1), sparse),
+                               grouped.segment_average(ATTR[:1].expand(4, -1, -1, -1), seg))

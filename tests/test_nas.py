@@ -378,3 +378,215 @@ def test_cpu_kernels_fall_back_to_pytorch_for_unsupported_upsampling():
     assert not nas._use_kernels(feats)
     labels, inertia = nas.kmeans_pixels(feats, 4, seed=0)
     assert labels.shape == (3, 20, 18) and torch.isfinite(inertia).all()
+
+
+# --------------------------------------------------------------------------------------------- the API boundary
+class Trip(nn.Module):
+    """Identity, or a RuntimeError in the middle of the forward pass once armed."""
+
+    def __init__(self):
+        super().__init__()
+        self.armed = False
+
+    def forward(self, x):
+        if self.armed:
+            raise RuntimeError("tripped mid-forward")
+        return x
+
+
+class Probe(Tiny):
+    """:class:`Tiny` with a trip wire between ``layer1`` and ``layer2``, counting forward passes and mode switches:
+    a bad call must raise before either."""
+
+    def __init__(self):
+        super().__init__()
+        self.trip = Trip()
+        self.forwards = 0
+        self.mode_calls = 0
+
+    def forward(self, x):
+        self.forwards += 1
+        return self.fc(self.pool(self.layer2(self.trip(self.layer1(self.stem(x))))).flatten(1))
+
+    def train(self, mode=True):
+        self.mode_calls += 1
+        return super().train(mode)
+
+
+def mixed_mode_probe():
+    """The BatchNorm of ``layer1`` in eval, every other submodule in train, one parameter frozen."""
+    torch.manual_seed(0)
+    model = Probe()
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics
+        model(torch.rand(4, 3, 16, 16))
+    model.layer1[1].eval()
+    model.stem[0].weight.requires_grad_(False)
+    model.forwards = model.mode_calls = 0
+    return model
+
+
+LAYERS = ["stem", "layer2"]  # the trip wire sits between them: the forward pass must reach it
+NAS_CALLS = {
+    "layer_activations": lambda m, x: nas.layer_activations(m, x, LAYERS),
+    "nas_features": lambda m, x: nas.nas_features(m, x, LAYERS, size=8),
+    "nas_kmeans_fast": lambda m, x: nas.neuro_activated_superpixels(m, x, LAYERS, 3, batch_size=1),
+    "nas_kmeans_direct": lambda m, x: nas.neuro_activated_superpixels(m, x, LAYERS, 3, fast=False),
+    "nas_ward": lambda m, x: nas.neuro_activated_superpixels(m, x, LAYERS, 3, method="ward", size=6),
+    "class_clusters": lambda m, x: nas.class_clusters(m, x, LAYERS, 3, n_pixels=100, size=6),
+    "class_clusters_predict": lambda m, x: nas.ClassClustering(m, LAYERS, 3, n_pixels=100, size=6).fit(
+        x[:1]).predict(x),
+}
+
+
+@pytest.mark.parametrize("name", list(NAS_CALLS))
+def test_mixed_mode_model_restored_per_submodule_even_when_raising_mid_forward(name):
+    model = mixed_mode_probe()
+    x = torch.rand(2, 3, 16, 16)
+    before = snapshot(model)
+    call = NAS_CALLS[name]
+    call(model, x)
+    assert_same(before, snapshot(model))
+    assert model.layer1[1].training is False and model.layer1[0].training is True
+    model.trip.armed = True  # after stem's hook and layer1's eval-mode BatchNorm ran, with the hooks in place
+    with pytest.raises(RuntimeError, match="tripped"):
+        call(model, x)
+    assert_same(before, snapshot(model))
+    calls = model.forwards, model.mode_calls
+    with pytest.raises(TypeError, match=r"x has dtype torch\.float64 but the model's parameters are torch\.float32"):
+        call(model, x.double())
+    assert (model.forwards, model.mode_calls) == calls
+    assert_same(before, snapshot(model))
+
+
+class Overflow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.big = nn.Identity()
+
+    def forward(self, x):
+        return self.big(self.conv(x) * float("inf"))
+
+
+NX = torch.rand(2, 3, 16, 16)
+FEATS = torch.randn(2, 5, 6, 6, generator=torch.Generator().manual_seed(0))
+LABELS = torch.tensor([[[0, 0], [1, 1]], [[0, 2], [2, 1]]])
+SAL = torch.rand(2, 2, 2)
+NAN, INF = float("nan"), float("inf")
+
+
+def _planted(t, value):
+    t = t.clone()
+    t.view(-1)[3] = value
+    return t
+
+
+# (category, call(model), error type, pattern naming the argument)
+BAD_CALLS = [
+    ("non-finite input", lambda m: nas.neuro_activated_superpixels(m, _planted(NX, NAN), LAYERS), ValueError,
+     r"x holds NaN or inf"),
+    ("non-finite input", lambda m: nas.layer_activations(m, _planted(NX, INF), LAYERS), ValueError, r"x holds NaN"),
+    ("non-finite input", lambda m: nas.nas_features(m, _planted(NX, -INF), LAYERS), ValueError, r"x holds NaN"),
+    ("non-finite input", lambda m: nas.class_clusters(m, _planted(NX, NAN), LAYERS, 3), ValueError, r"x holds NaN"),
+    ("non-finite input", lambda m: nas.kmeans_pixels(_planted(FEATS, INF), 3), ValueError, r"features holds NaN"),
+    ("non-finite input", lambda m: nas.cluster_saliency(_planted(SAL, NAN), LABELS, 3), ValueError,
+     r"saliency holds NaN"),
+    ("non-finite input", lambda m: nas.cluster_overlap(LABELS, _planted(SAL, INF), 3), ValueError, r"masks holds NaN"),
+    ("non-finite option", lambda m: nas.kmeans_pixels(FEATS, 3, tol=NAN), ValueError, r"tol must be finite"),
+    ("non-finite option", lambda m: nas.kmeans_pixels(FEATS, 3, tol=-1e-4), ValueError, r"tol must be >= 0"),
+    ("bad option", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, fast="yes"), TypeError, r"fast must be"),
+    ("bad option", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, size=True), ValueError, r"size must be"),
+    ("bad option", lambda m: nas.ClassClustering(m, LAYERS, size=(4, 0)), ValueError, r"size must be"),
+    ("bad option", lambda m: nas.cluster_overlap(LABELS, torch.ones(2, 3, 2, 2), 3), ValueError,
+     r"masks must have shape"),
+    ("uint8", lambda m: nas.neuro_activated_superpixels(m, (NX * 255).byte(), LAYERS), TypeError,
+     r"x\.float\(\) / 255"),
+    ("uint8", lambda m: nas.layer_activations(m, (NX * 255).byte(), LAYERS), TypeError, r"x\.float\(\) / 255"),
+    ("uint8", lambda m: nas.ClassClustering(m, LAYERS, 2).fit((NX * 255).byte()), TypeError, r"x\.float\(\) / 255"),
+    ("dtype mismatch", lambda m: nas.neuro_activated_superpixels(m, NX.double(), LAYERS), TypeError,
+     r"x has dtype torch\.float64 but the model's parameters are torch\.float32"),
+    ("dtype mismatch", lambda m: nas.nas_features(m, NX.half(), LAYERS), TypeError,
+     r"x has dtype torch\.float16 but the model's parameters are torch\.float32"),
+    ("dtype mismatch", lambda m: nas.kmeans_pixels(FEATS.long(), 3), TypeError, r"features must be a floating"),
+    ("dtype mismatch", lambda m: nas.cluster_saliency(SAL, LABELS.float(), 3), TypeError,
+     r"labels must hold integer"),
+    ("missing batch dim", lambda m: nas.neuro_activated_superpixels(m, NX[0], LAYERS), ValueError,
+     r"x\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda m: nas.layer_activations(m, NX[0], LAYERS), ValueError, r"x\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda m: nas.kmeans_pixels(FEATS[0], 3), ValueError, r"features\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda m: nas.cluster_saliency(SAL[0], LABELS[0], 3), ValueError,
+     r"saliency\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda m: nas.cluster_overlap(LABELS[0], SAL[0], 3), ValueError, r"labels\.unsqueeze\(0\)"),
+    ("empty batch", lambda m: nas.neuro_activated_superpixels(m, NX[:0], LAYERS), ValueError, r"x is an empty batch"),
+    ("empty batch", lambda m: nas.nas_features(m, NX[:0], LAYERS), ValueError, r"x is an empty batch"),
+    ("empty batch", lambda m: nas.kmeans_pixels(FEATS[:0], 3), ValueError, r"features is empty"),
+    ("empty batch", lambda m: nas.cluster_saliency(SAL[:0], LABELS[:0], 3), ValueError, r"saliency is an empty"),
+    ("empty batch", lambda m: nas.cluster_overlap(LABELS[:0], SAL[:0], 3), ValueError, r"labels is an empty"),
+    ("bad count", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, 1.5), TypeError,
+     r"n_clusters must be an int"),
+    ("bad count", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, True), TypeError, r"n_clusters"),
+    ("bad count", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, n_init=0), ValueError, r"n_init"),
+    ("bad count", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, max_iter=0), ValueError, r"max_iter"),
+    ("bad count", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, batch_size=0), ValueError, r"batch_size"),
+    ("bad count", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, seed=1.5), TypeError, r"seed"),
+    ("bad count", lambda m: nas.kmeans_pixels(FEATS, 2.0), TypeError, r"n_clusters must be an int"),
+    ("bad count", lambda m: nas.kmeans_pixels(FEATS, 3, n_init=0), ValueError, r"n_init"),
+    ("bad count", lambda m: nas.kmeans_pixels(FEATS, 3, max_iter=2.5), TypeError, r"max_iter"),
+    ("bad count", lambda m: nas.class_clusters(m, NX, LAYERS, 0), ValueError, r"n_clusters"),
+    ("bad count", lambda m: nas.ClassClustering(m, LAYERS, n_pixels=10.5), TypeError, r"n_pixels"),
+    ("bad count", lambda m: nas.ClassClustering(m, LAYERS, n_neighbors=0), ValueError, r"n_neighbors"),
+    ("bad count", lambda m: nas.class_clusters(m, NX[:1], LAYERS, 2, size=2, n_neighbors=5), ValueError,
+     r"n_neighbors=5 exceeds the 4 sampled pixels"),
+    ("bad count", lambda m: nas.class_clusters(m, NX[:1], LAYERS, 5, size=2), ValueError,
+     r"n_clusters=5 exceeds the 4 sampled pixels"),
+    ("bad count", lambda m: nas.upsample_matrix(0, 4), ValueError, r"n_in"),
+    ("bad count", lambda m: nas.cluster_saliency(SAL, LABELS, 2.5), TypeError, r"n_clusters"),
+    ("bad target", lambda m: nas.cluster_saliency(SAL, LABELS, 2), ValueError, r"labels must lie in 0\.\.1"),
+    ("bad target", lambda m: nas.cluster_saliency(SAL, LABELS[:1], 3), ValueError, r"labels of shape \(1, 2, 2\)"),
+    ("bad target", lambda m: nas.cluster_overlap(LABELS - 1, SAL, 3), ValueError, r"labels must lie in 0\.\.2"),
+    ("bad target", lambda m: nas.kmeans_pixels(FEATS, 3, init_pixels=torch.tensor([[0, 1, 36], [0, 1, 2]])),
+     ValueError, r"init_pixels must be flat pixel indices in \[0, 36\)"),
+    ("bad target", lambda m: nas.kmeans_pixels(FEATS, 3, init_pixels=torch.zeros(2, 3)), TypeError,
+     r"init_pixels must hold integer"),
+    ("bad target", lambda m: nas.kmeans_pixels(FEATS, 3, init_pixels=torch.zeros(2, 2, dtype=torch.long)), ValueError,
+     r"init_pixels must have shape"),
+    ("not a model", lambda m: nas.neuro_activated_superpixels(None, NX, LAYERS), TypeError, r"model must be"),
+    ("not a model", lambda m: nas.ClassClustering("resnet", LAYERS), TypeError, r"model must be"),
+    ("not features", lambda m: nas.kmeans_pixels(FEATS.numpy(), 3), TypeError, r"features must be"),
+]
+
+
+@pytest.mark.parametrize("category, call, error, pattern", BAD_CALLS,
+                         ids=[f"{c}-{i}" for i, (c, *_rest) in enumerate(BAD_CALLS)])
+def test_bad_input_raises_before_the_model_runs(category, call, error, pattern):
+    """Every public function of nas: a clear error naming the argument, before any forward pass or mode switch."""
+    model = mixed_mode_probe()
+    before = snapshot(model)
+    with pytest.raises(error, match=pattern):
+        call(model)
+    assert (model.forwards, model.mode_calls) == (0, 0), "the check ran after the model was touched"
+    assert_same(before, snapshot(model))
+
+
+def test_non_finite_activations_are_refused_and_the_model_restored():
+    model = Overflow().train()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"layers: the output of module 'big' holds NaN or inf"):
+        nas.neuro_activated_superpixels(model, NX, ["big"], 2)
+    with pytest.raises(ValueError, match=r"'big' holds NaN or inf"):
+        nas.nas_features(model, NX, ["conv", "big"])
+    assert_same(before, snapshot(model))
+    assert not torch.isfinite(nas.layer_activations(model, NX, ["big"])[0]).all()  # reading them stays possible
+
+
+def test_numpy_and_list_labels_still_accepted():
+    import numpy as np
+
+    ref = nas.cluster_saliency(SAL, LABELS, 3)
+    for labels in (LABELS.numpy(), LABELS.tolist(), LABELS.int()):
+        got = nas.cluster_saliency(SAL, labels, 3)
+        torch.testing.assert_close(got[0], ref[0])
+        assert torch.equal(got[1], ref[1])
+    masks = (SAL > 0.5)[:, None]
+    torch.testing.assert_close(nas.cluster_overlap(LABELS, masks, np.int64(3)), nas.cluster_overlap(LABELS, masks, 3))

@@ -99,7 +99,7 @@ def test_bad_inputs():
     x = images(3)
     with pytest.raises(ValueError, match="method"):
         sp.segment(x, "kmeans")
-    with pytest.raises(ValueError, match="C = 1 or 3"):
+    with pytest.raises(ValueError, match="1 or 3 channels"):
         sp.segment(torch.rand(2, 4, 8, 8))
     with pytest.raises(TypeError, match="float"):
         sp.segment((x * 255).byte())
@@ -111,3 +111,86 @@ def test_bad_inputs():
         sp.superpixelify(torch.rand(3, 16, 16), torch.zeros(2, 16, 16, dtype=torch.long))
     with pytest.raises(ValueError, match="non-negative"):
         sp.superpixelify(torch.rand(1, 2, 2), torch.tensor([[[0, -1], [0, 0]]]))
+
+
+# --------------------------------------------------------------------------------------------- the API boundary
+def _planted(t, value, at=(0, 0, 0, 0)):
+    t = t.clone()
+    t[at[:t.dim()]] = value
+    return t
+
+
+X = images(3, n=2, size=8)
+SEG = sp.square_partition(2, 8, 8, patch_size=4)
+MAPS = torch.rand(2, 8, 8)
+NAN, INF = float("nan"), float("inf")
+
+# (category, call, error type, pattern naming the argument); partitions have no model, so "dtype mismatch"
+# means a partition or map of the wrong dtype and "bad target" a partition that does not fit the images
+BAD_CALLS = [
+    ("non-finite input", lambda: sp.segment(_planted(X, NAN), cache=False), ValueError, r"images holds NaN or inf"),
+    ("non-finite input", lambda: sp.segment(_planted(X, INF), "squares"), ValueError, r"images holds NaN or inf"),
+    ("non-finite input", lambda: sp.superpixelify(_planted(MAPS, INF), SEG), ValueError, r"saliency holds NaN"),
+    ("non-finite input", lambda: sp.segment_mean(_planted(MAPS, -INF), SEG), ValueError, r"values holds NaN"),
+    ("non-finite option", lambda: sp.segment(X, "slic", compactness=NAN, cache=False), ValueError,
+     r"compactness must be finite"),
+    ("non-finite option", lambda: sp.segment(X, "felzenszwalb", scale=INF, cache=False), ValueError,
+     r"scale must be finite"),
+    ("non-finite option", lambda: sp.segment(X, "quickshift", ratio=NAN, cache=False), ValueError,
+     r"ratio must be finite"),
+    ("non-finite option", lambda: sp.segment(X, "slic", sigma=(NAN, 1.0), cache=False), ValueError,
+     r"sigma holds NaN or inf"),
+    ("bad option", lambda: sp.segment(X, "slic", compactness=0.0, cache=False), ValueError, r"compactness must be > 0"),
+    ("bad option", lambda: sp.segment(X, "felzenszwalb", sigma=-1.0, cache=False), ValueError, r"sigma must be >= 0"),
+    ("bad option", lambda: sp.segment(X, "slic", cache="memory"), ValueError, r"cache must be"),
+    ("bad option", lambda: sp.square_partition(1, 8, 8, patch_size=2, n_segments=4), ValueError,
+     r"patch_size or n_segments"),
+    ("uint8", lambda: sp.segment((X * 255).byte()), TypeError, r"images\.float\(\) / 255"),
+    ("uint8", lambda: sp.segment((X[0] * 255).byte(), "squares"), TypeError, r"images\.float\(\) / 255"),
+    ("dtype mismatch", lambda: sp.superpixelify(MAPS, SEG.float()), TypeError, r"segments must hold integer"),
+    ("dtype mismatch", lambda: sp.superpixelify((MAPS * 10).long(), SEG), TypeError,
+     r"saliency must be a floating tensor"),
+    ("dtype mismatch", lambda: sp.segment_mean(MAPS > 0.5, SEG), TypeError, r"values must be a floating tensor"),
+    ("missing batch dim", lambda: sp.superpixelify(MAPS[0], SEG[0]), ValueError, r"saliency\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda: sp.segment(X[0, 0]), ValueError, r"images\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda: sp.segment_mean(MAPS[0], SEG[0]), ValueError, r"values\.unsqueeze\(0\)"),
+    ("empty batch", lambda: sp.segment(X[:0]), ValueError, r"images is an empty batch"),
+    ("empty batch", lambda: sp.superpixelify(MAPS[:0], SEG[:0]), ValueError, r"saliency is an empty batch"),
+    ("empty batch", lambda: sp.count_segments(SEG[:0]), ValueError, r"segments is an empty batch"),
+    ("empty batch", lambda: sp.segment(torch.rand(1, 3, 0, 8)), ValueError, r"images has no pixels"),
+    ("bad count", lambda: sp.segment(X, "slic", n_segments=1.5, cache=False), TypeError, r"n_segments must be an int"),
+    ("bad count", lambda: sp.segment(X, "watershed", n_segments=0, cache=False), ValueError, r"n_segments"),
+    ("bad count", lambda: sp.segment(X, "squares", patch_size=True), TypeError, r"patch_size must be an int"),
+    ("bad count", lambda: sp.segment(X, "felzenszwalb", min_size=2.5, cache=False), TypeError, r"min_size"),
+    ("bad count", lambda: sp.segment(X, "random", seed=-1), ValueError, r"seed must be an int >= 0"),
+    ("bad count", lambda: sp.square_partition(0, 8, 8), ValueError, r"n must be an int >= 1"),
+    ("bad count", lambda: sp.random_partition(2, 8.0, 8), TypeError, r"height must be an int"),
+    ("bad count", lambda: sp.random_partition(2, 8, 8, n_segments=65), ValueError, r"n_segments must be between"),
+    ("bad target", lambda: sp.superpixelify(MAPS, SEG[:1]), ValueError, r"segments has shape \(1, 8, 8\)"),
+    ("bad target", lambda: sp.segment_mean(MAPS, SEG - 1), ValueError, r"segments must hold non-negative"),
+    ("not a tensor", lambda: sp.superpixelify(MAPS.numpy(), SEG), TypeError, r"saliency must be a torch\.Tensor"),
+    ("not a tensor", lambda: sp.segment(X.numpy()), TypeError, r"images must be a torch\.Tensor"),
+]
+
+
+@pytest.mark.parametrize("category, call, error, pattern", BAD_CALLS,
+                         ids=[f"{c}-{i}" for i, (c, *_rest) in enumerate(BAD_CALLS)])
+def test_bad_input_names_the_argument(category, call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+def test_single_image_and_valid_variants_still_accepted():
+    x = images(3, n=1)
+    sp.clear_cache()
+    assert torch.equal(sp.segment(x[0], "slic", n_segments=10, cache=False),
+                       sp.segment(x, "slic", n_segments=10, cache=False))  # [C, H, W] is one image
+    # integer-valued floats as numbers, numpy ints as counts
+    import numpy as np
+
+    assert torch.equal(sp.segment(x, "quickshift", kernel_size=2, max_dist=3, cache=False),
+                       sp.segment(x, "quickshift", kernel_size=2.0, max_dist=3.0, cache=False))
+    assert torch.equal(sp.segment(x, "squares", n_segments=np.int64(16)), sp.segment(x, "squares", n_segments=16))
+    # sparse ids far beyond H*W give the same means as the compact ones
+    v = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(sp.segment_mean(v, SEG * 10 ** 12 + 7), sp.segment_mean(v, SEG))

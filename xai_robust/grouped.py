@@ -18,17 +18,25 @@ Our choices where the paper is silent (chapter 06 documents them):
 * The explained output is the target *logit* by default (the same quantity as captum's
   ``Saliency``); ``output="probability"`` explains the softmax output, as Definition 1 of the paper
   (``f`` is post-softmax) literally says.
-* The model is explained in eval mode; its modes and ``requires_grad`` flags are restored afterwards.
+* The model is explained in eval mode; every submodule's own mode and the ``requires_grad`` flags are
+  restored afterwards, also when the call raises (:func:`xai_robust.attribution.restore_model`).
+
+Inputs are checked at the API boundary (:mod:`xai_robust.checks`) before the model is touched: ``x`` is a
+non-empty, finite float batch of the model's dtype, ``segments`` a partition of it, ``target`` integer class
+indices of the right length (their upper bound is checked on the logits), counts are positive ints and float
+options finite; a bad call raises a ``ValueError``/``TypeError`` that names the argument.
 
 Chapter 06, *Super-pixel gradients*.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from .attribution import check_images, input_gradient, resolve_target, restore_model
-from .superpixels import check_segments, segment_mean
+from .attribution import input_gradient, resolve_target, restore_model
+from .checks import check_count, check_finite, check_images, check_labels, check_model_input, check_number
+from .superpixels import _check_values, _segment_mean, check_segments
 
 __all__ = [
     "grouped_gradient",
@@ -43,6 +51,7 @@ __all__ = [
 
 _OUTPUTS = ("logit", "probability")
 _REDUCTIONS = ("abs_sum", "sum", "abs_max", "l2")
+_TARGET_WORDS = ("predicted", "lowest", "stochastic")
 
 
 class _Softmax(nn.Module):
@@ -57,11 +66,52 @@ class _Softmax(nn.Module):
 
 
 def _explained(model: nn.Module, output: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    """``model`` itself or its softmax (``model`` already checked by :func:`check_model_input`)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
     return model if output == "logit" else _Softmax(model)
+
+
+def _check_target(target, n: int) -> None:
+    """Everything about ``target`` that can be checked before the model runs (type, integer dtype, length,
+    sign); the upper bound (one index per model output) is checked by
+    :func:`~xai_robust.attribution.resolve_target` on the logits, inside :func:`restore_model`."""
+    if target is None:
+        return
+    if isinstance(target, str):
+        if target not in _TARGET_WORDS:
+            raise ValueError(f"target={target!r} is not understood; use None, an int, a LongTensor of class "
+                             f"indices, or one of {_TARGET_WORDS}")
+        return
+    if isinstance(target, (bool, np.bool_)):
+        raise TypeError("target must be an int, a LongTensor or a string, not a bool")
+    if isinstance(target, (int, np.integer)):
+        t = torch.tensor([int(target)])
+    else:
+        try:
+            t = torch.as_tensor(target)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"target must be None, an int, a LongTensor[N] or a string, got "
+                            f"{type(target).__name__}") from err
+        t = t.reshape(-1)
+        if t.numel() != 1:
+            check_labels(t, n, None, name="target")
+        elif t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}; use target.long()")
+    if t.numel() and int(t.min()) < 0:
+        raise ValueError(f"target holds negative class indices (min {int(t.min())}); class indices are 0 .. K-1")
+
+
+def _check_explanation(model, x, target, output, name="x") -> nn.Module:
+    """The checks every gradient explanation shares, before the model is touched; returns the explained module."""
+    check_model_input(model, x, name)
+    explained = _explained(model, output)
+    _check_target(target, x.shape[0])
+    return explained
+
+
+def _check_segments_for(segments, x) -> torch.Tensor:
+    return check_segments(segments, (x.shape[0], x.shape[2], x.shape[3])).to(x.device)
 
 
 def _resolve(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
@@ -105,13 +155,12 @@ def segment_average(attribution: torch.Tensor, segments: torch.Tensor) -> torch.
     -----
     Gong et al. (BMVC 2024), Eq. 3. Chapter 06.
     """
-    if not isinstance(attribution, torch.Tensor):
-        raise TypeError(f"attribution must be a torch.Tensor, got {type(attribution).__name__}")
-    if attribution.dim() not in (3, 4):
-        raise ValueError(f"attribution must have shape (N, C, H, W) or (N, H, W), got {tuple(attribution.shape)}")
+    attribution = _check_values(attribution, "attribution", (3, 4), "(N, C, H, W) or (N, H, W)")
     n, h, w = attribution.shape[0], attribution.shape[-2], attribution.shape[-1]
-    segments = check_segments(segments, (n, h, w))
-    return segment_mean(attribution, segments)
+    segments = check_segments(segments, (n, h, w)).to(attribution.device)
+    if attribution.dim() == 3:
+        return _segment_mean(attribution.unsqueeze(1), segments).squeeze(1)
+    return _segment_mean(attribution, segments)
 
 
 def grouped_attribution(attribute, x: torch.Tensor, segments: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -134,6 +183,9 @@ def grouped_attribution(attribute, x: torch.Tensor, segments: torch.Tensor, **kw
     Gong et al. (BMVC 2024), Sec. 3.2: the grouping "can be adapted to other well-known variants of
     the Simple Gradient". Chapter 06.
     """
+    if not callable(attribute):
+        raise TypeError(f"attribute must be a callable attribute(x, **kwargs) -> Tensor, got "
+                        f"{type(attribute).__name__}")
     check_images(x)
     segments = check_segments(segments, (x.shape[0], x.shape[2], x.shape[3]))
     return segment_average(attribute(x, **kwargs), segments)
@@ -171,20 +223,23 @@ def grouped_gradient(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, 
     Chapter 06, *Super-pixel gradients*. The cost is one gradient plus ``O(N C H W)`` scatter-adds
     (``benchmarks/grouped_speed.py`` measures the ratio to a plain gradient).
     """
-    check_images(x)
-    segments = check_segments(segments, (x.shape[0], x.shape[2], x.shape[3])).to(x.device)
-    explained = _explained(model, output)
+    explained = _check_explanation(model, x, target, output)
+    segments = _check_segments_for(segments, x)
     with restore_model(model):
         model.eval()
         grad = input_gradient(explained, x, target)
-    return segment_mean(grad, segments)
+    return _segment_mean(grad, segments)
+
+
+def _check_smoothgrad_options(n_samples, noise_level, seed, batch_size):
+    check_count(n_samples, "n_samples")
+    check_number(noise_level, "noise_level", low=0.0)
+    check_count(seed, "seed", minimum=0)
+    check_count(batch_size, "batch_size")
 
 
 def _noisy_inputs(x, n_samples, noise_level, seed):
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    if noise_level < 0:
-        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    _check_smoothgrad_options(n_samples, noise_level, seed, 1)
     span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     eps = torch.randn((n_samples,) + tuple(x.shape), generator=gen, dtype=x.dtype).to(x.device)
@@ -214,8 +269,8 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, *, n_samples: int
     torch.Tensor
         Map with the shape of ``x``.
     """
-    check_images(x)
-    explained = _explained(model, output)
+    explained = _check_explanation(model, x, target, output)
+    _check_smoothgrad_options(n_samples, noise_level, seed, batch_size)
     with restore_model(model):
         model.eval()
         t = _resolve(explained, x, target)
@@ -242,9 +297,30 @@ def grouped_smoothgrad(model: nn.Module, x: torch.Tensor, segments: torch.Tensor
     -----
     Chapter 06.
     """
-    check_images(x)
-    segments = check_segments(segments, (x.shape[0], x.shape[2], x.shape[3])).to(x.device)
-    return segment_mean(smoothgrad(model, x, target, **kwargs), segments)
+    check_model_input(model, x)
+    segments = _check_segments_for(segments, x)
+    return _segment_mean(smoothgrad(model, x, target, **kwargs), segments)
+
+
+def _check_baseline(baseline, x) -> torch.Tensor:
+    """The IG reference image as a tensor with the shape, dtype and device of ``x``: finite and broadcastable."""
+    if isinstance(baseline, (list, tuple)):
+        baseline = np.asarray(baseline, dtype=np.float64)
+    if isinstance(baseline, (torch.Tensor, np.ndarray)):
+        check_finite(baseline, "baseline")
+        base = torch.as_tensor(baseline, device=x.device)
+        if base.is_complex():
+            raise TypeError(f"baseline must be real, got dtype {base.dtype}")
+        try:
+            shape = torch.broadcast_shapes(base.shape, x.shape)
+        except RuntimeError:
+            shape = None
+        if shape != x.shape:
+            raise ValueError(f"baseline of shape {tuple(base.shape)} does not broadcast to x's shape "
+                             f"{tuple(x.shape)}; pass a number, one image (1, C, H, W) or one per image")
+        return base.to(x.dtype).expand_as(x)
+    check_number(baseline, "baseline")
+    return torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
 
 
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, *, baseline=0.0, n_steps: int = 32,
@@ -270,11 +346,10 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, *, base
     torch.Tensor
         Map with the shape of ``x``.
     """
-    check_images(x)
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
-    explained = _explained(model, output)
+    explained = _check_explanation(model, x, target, output)
+    check_count(n_steps, "n_steps")
+    check_count(batch_size, "batch_size")
+    base = _check_baseline(baseline, x)
     alphas = (torch.arange(n_steps, dtype=x.dtype, device=x.device) + 0.5) / n_steps
     with restore_model(model):
         model.eval()
@@ -301,9 +376,9 @@ def grouped_integrated_gradients(model: nn.Module, x: torch.Tensor, segments: to
     method, with the partition of the original image). Averaging keeps IG's completeness: the sum
     of the grouped map over each segment equals that of the IG map. Chapter 06.
     """
-    check_images(x)
-    segments = check_segments(segments, (x.shape[0], x.shape[2], x.shape[3])).to(x.device)
-    return segment_mean(integrated_gradients(model, x, target, **kwargs), segments)
+    check_model_input(model, x)
+    segments = _check_segments_for(segments, x)
+    return _segment_mean(integrated_gradients(model, x, target, **kwargs), segments)
 
 
 def saliency_map(attribution: torch.Tensor, reduction: str = "abs_sum") -> torch.Tensor:
@@ -317,12 +392,11 @@ def saliency_map(attribution: torch.Tensor, reduction: str = "abs_sum") -> torch
         ``abs_sum`` (default; importance regardless of sign), ``sum`` (signed), ``abs_max``
         (Simonyan et al.'s max over channels of the absolute value), ``l2`` (norm over channels).
     """
-    if not isinstance(attribution, torch.Tensor):
-        raise TypeError(f"attribution must be a torch.Tensor, got {type(attribution).__name__}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    attribution = _check_values(attribution, "attribution", (3, 4), "(N, C, H, W)")
     if attribution.dim() == 3:
         return attribution
-    if attribution.dim() != 4:
-        raise ValueError(f"attribution must have shape (N, C, H, W), got {tuple(attribution.shape)}")
     if reduction == "abs_sum":
         return attribution.abs().sum(1)
     if reduction == "sum":

@@ -25,6 +25,11 @@ one image per task: the low-resolution products are BLAS calls, and per output r
 the per-pixel scale per layer), their argmin and the cluster sums of the pixels that changed cluster are one
 pass that stays in cache. The batched PyTorch path (GPU, materialised features, or no numba) makes the same
 picks and labels (tested).
+
+Every public function checks its input before the model is touched (:mod:`xai_robust.checks`): ``x`` is a
+non-empty, finite float batch of the model's dtype, counts (``n_clusters``, ``n_init``, ``max_iter``,
+``batch_size``, ...) are positive ints, float options finite, labels integer ids in range; activations that come
+out NaN/inf are refused. The model is left exactly as found, per submodule, even when the forward pass raises.
 """
 from __future__ import annotations
 
@@ -35,7 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attribution import check_images, restore_model
+from .attribution import restore_model
+from .checks import check_count, check_finite, check_labels, check_model_input, check_number
+from .superpixels import _check_values
 
 __all__ = ["neuro_activated_superpixels", "layer_activations", "nas_features", "upsample_matrix",
            "kmeans_pixels", "ClassClustering", "class_clusters", "cluster_saliency", "cluster_overlap"]
@@ -88,7 +95,7 @@ def layer_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) 
     list of Tensor[N, c_l, h_l, w_l]
         One activation tensor per layer, in the order of ``layers``.
     """
-    check_images(x)
+    check_model_input(model, x)
     layers = _check_layers(model, layers)
     modules = dict(model.named_modules())
     store: dict[str, torch.Tensor] = {}
@@ -123,6 +130,16 @@ def layer_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) 
     return [store[n] for n in layers]
 
 
+def _finite_activations(model, x, layers) -> list[torch.Tensor]:
+    """:func:`layer_activations`, refusing NaN/inf activations (they would turn every NAS feature into NaN)."""
+    acts = layer_activations(model, x, layers)
+    for name, a in zip(layers, acts):
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError(f"layers: the output of module {name!r} holds NaN or inf for this (finite) x; the model "
+                             f"overflows (e.g. in float16: run it in float32) and NAS cannot cluster it")
+    return acts
+
+
 # ----------------------------------------------------------------------------------------------------
 # upsampling as matrices
 # ----------------------------------------------------------------------------------------------------
@@ -133,6 +150,8 @@ def upsample_matrix(n_in: int, n_out: int, mode: str = "bicubic", *, dtype=torch
     PyTorch's bicubic/bilinear/nearest 2-D interpolation is separable, so the upsampling of a map ``a``
     is ``U_y a U_xᵀ`` (used by the exact low-resolution k-means of NAS, chapter 07).
     """
+    check_count(n_in, "n_in")
+    check_count(n_out, "n_out")
     if mode not in _UPSAMPLE:
         raise ValueError(f"upsample must be one of {_UPSAMPLE}, got {mode!r}")
     eye = torch.eye(n_in, dtype=dtype, device=device).reshape(1, n_in, n_in, 1)
@@ -245,9 +264,11 @@ def nas_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, si
     Tensor[N, D, H, W]
         ``D = Σ_l c_l``.
     """
+    check_model_input(model, x)
     _check_options(normalize, weight_by_channels, upsample)
     size = _check_size(size, x)
-    acts = layer_activations(model, x, layers)
+    layers = _check_layers(model, layers)
+    acts = _finite_activations(model, x, layers)
     return _features_from_activations(acts, size, normalize=normalize, weight_by_channels=weight_by_channels,
                                       upsample=upsample)
 
@@ -624,6 +645,36 @@ def _argmin_k(score: torch.Tensor):
     return labels, best
 
 
+def _check_features(features: torch.Tensor) -> None:
+    """Per-pixel features for :func:`kmeans_pixels`: a non-empty, finite floating (N, D, H, W) tensor."""
+    if features.dim() != 4:
+        hint = "; add a batch dimension with features.unsqueeze(0) for one image" if features.dim() == 3 else ""
+        raise ValueError(f"features must have shape (N, D, H, W), got {tuple(features.shape)}{hint}")
+    if not features.is_floating_point():
+        raise TypeError(f"features must be a floating tensor, got dtype {features.dtype}; use features.float()")
+    if 0 in features.shape:
+        raise ValueError(f"features is empty (shape {tuple(features.shape)}): pass at least one image, one "
+                         "feature and one pixel")
+    check_finite(features, "features")
+
+
+def _check_init_pixels(init_pixels, n: int, k: int, p: int, device) -> torch.Tensor:
+    """Flat pixel indices (N, K) in [0, P): the compiled kernels do not check bounds."""
+    if isinstance(init_pixels, np.ndarray):
+        init_pixels = torch.from_numpy(init_pixels)
+    if not isinstance(init_pixels, torch.Tensor):
+        init_pixels = torch.as_tensor(init_pixels)
+    if init_pixels.is_floating_point() or init_pixels.dtype == torch.bool or init_pixels.is_complex():
+        raise TypeError(f"init_pixels must hold integer pixel indices, got dtype {init_pixels.dtype}; "
+                        "use init_pixels.long()")
+    if tuple(init_pixels.shape) != (n, k):
+        raise ValueError(f"init_pixels must have shape (N, K) = {(n, k)}, got {tuple(init_pixels.shape)}")
+    lo, hi = int(init_pixels.min()), int(init_pixels.max())
+    if lo < 0 or hi >= p:
+        raise ValueError(f"init_pixels must be flat pixel indices in [0, {p}) (H * W), got values in [{lo}, {hi}]")
+    return init_pixels.to(device).long()
+
+
 def kmeans_pixels(features, n_clusters: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 50, tol: float = 1e-4,
                   init_pixels: torch.Tensor | None = None, generator: torch.Generator | None = None):
     """Batched Lloyd k-means with k-means++ seeding, clustering the pixels of every image in parallel.
@@ -659,25 +710,33 @@ def kmeans_pixels(features, n_clusters: int, *, seed: int = 0, n_init: int = 1, 
     call in a fresh environment compiles them, ~15–20 s per dtype on 2 cores, then they are cached on disk);
     materialised features and GPU tensors run the batched PyTorch path. Both give the same picks and labels.
     """
-    feats = _Dense(features) if isinstance(features, torch.Tensor) else features
+    if isinstance(features, torch.Tensor):
+        _check_features(features)
+        feats = _Dense(features)
+    elif isinstance(features, (_Dense, _LowRes)):
+        feats = features
+    else:
+        raise TypeError(f"features must be a float tensor of shape (N, D, H, W), got {type(features).__name__}")
     H, W = feats.shape
     p = H * W
-    if not isinstance(n_clusters, (int, np.integer)) or isinstance(n_clusters, bool) or n_clusters < 1:
-        raise ValueError(f"n_clusters must be a positive int, got {n_clusters!r}")
+    check_count(n_clusters, "n_clusters")
     if n_clusters > p:
         raise ValueError(f"n_clusters={n_clusters} is larger than the number of pixels {p}; lower n_clusters "
                          "or raise size")
+    check_count(n_init, "n_init")
+    check_count(max_iter, "max_iter")
+    check_number(tol, "tol", low=0.0)
     if generator is None:
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(check_count(seed, "seed", minimum=0))
+    elif not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     n = feats.sq_norm.shape[0]
     if init_pixels is not None:
-        init_pixels = torch.as_tensor(init_pixels, device=feats.sq_norm.device).long()
-        if init_pixels.shape != (n, n_clusters):
-            raise ValueError(f"init_pixels must have shape (N, K) = {(n, n_clusters)}, got {tuple(init_pixels.shape)}")
+        init_pixels = _check_init_pixels(init_pixels, n, n_clusters, p, feats.sq_norm.device)
         labels, inertia = _lloyd(feats, init_pixels, max_iter, tol)
         return labels.reshape(n, H, W), inertia
     best_labels, best_inertia = None, None
-    for _ in range(max(1, int(n_init))):
+    for _ in range(n_init):
         idx = _kmeans_pp_init(feats, n_clusters, generator)
         labels, inertia = _lloyd(feats, idx, max_iter, tol)
         if best_labels is None:
@@ -705,10 +764,10 @@ def _relabel(labels: torch.Tensor, k: int) -> torch.Tensor:
 def _check_size(size, x):
     if size is None:
         return tuple(x.shape[-2:])
-    if isinstance(size, int):
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         size = (size, size)
     if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size)):
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)):
         raise ValueError(f"size must be None, an int or a pair (H, W) of positive ints, got {size!r}")
     return tuple(int(s) for s in size)
 
@@ -774,20 +833,24 @@ def neuro_activated_superpixels(model: nn.Module, x: torch.Tensor, layers: Seque
     LongTensor[N, H, W]
         Cluster index per pixel in ``0..K-1``, numbered by first appearance in raster order.
     """
-    check_images(x)
+    check_model_input(model, x)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if connectivity not in ("grid", None):
         raise ValueError(f"connectivity must be 'grid' or None, got {connectivity!r}")
     _check_options(normalize, weight_by_channels, upsample)
+    if not isinstance(fast, bool):
+        raise TypeError(f"fast must be True or False, got {fast!r}")
     size = _check_size(size, x)
     layers = _check_layers(model, layers)
-    if not isinstance(n_clusters, (int, np.integer)) or isinstance(n_clusters, bool) or n_clusters < 1:
-        raise ValueError(f"n_clusters must be a positive int, got {n_clusters!r}")
+    check_count(n_clusters, "n_clusters")
     if n_clusters > size[0] * size[1]:
         raise ValueError(f"n_clusters={n_clusters} exceeds the {size[0] * size[1]} output pixels; lower "
                          "n_clusters or raise size")
-    generator = torch.Generator().manual_seed(int(seed))
+    check_count(n_init, "n_init")
+    check_count(max_iter, "max_iter")
+    check_count(batch_size, "batch_size")
+    generator = torch.Generator().manual_seed(check_count(seed, "seed", minimum=0))
     starts = range(0, x.shape[0], batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -795,7 +858,7 @@ def neuro_activated_superpixels(model: nn.Module, x: torch.Tensor, layers: Seque
     out = []
     for start in starts:
         xb = x[start:start + batch_size]
-        acts = layer_activations(model, xb, layers)
+        acts = _finite_activations(model, xb, layers)
         opts = dict(normalize=normalize, weight_by_channels=weight_by_channels, upsample=upsample)
         if method == "ward":
             labels = _ward(_features_from_activations(acts, size, **opts), n_clusters, connectivity)
@@ -833,16 +896,26 @@ class ClassClustering:
     def __init__(self, model: nn.Module, layers, n_clusters: int = 10, *, size=None, n_pixels: int = 3000,
                  n_neighbors: int = 5, seed: int = 0, normalize: bool = True, weight_by_channels: bool = True,
                  upsample: str = "bicubic"):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         _check_options(normalize, weight_by_channels, upsample)
         self.model = model
         self.layers = _check_layers(model, layers)
-        self.n_clusters = int(n_clusters)
+        self.n_clusters = check_count(n_clusters, "n_clusters")
+        if size is not None:
+            _check_size(size, None)
         self.size = size
-        self.n_pixels = int(n_pixels)
-        self.n_neighbors = int(n_neighbors)
-        self.seed = int(seed)
+        self.n_pixels = check_count(n_pixels, "n_pixels")
+        self.n_neighbors = check_count(n_neighbors, "n_neighbors")
+        self.seed = check_count(seed, "seed", minimum=0)
         self.opts = dict(normalize=normalize, weight_by_channels=weight_by_channels, upsample=upsample)
         self.knn = None
+
+    def _check_x(self, x):
+        """The images' checks, and the number of pixels their features will have, before the model runs."""
+        check_model_input(self.model, x)
+        h, w = _check_size(self.size, x)
+        return x.shape[0] * h * w
 
     def _pixels(self, x):
         f = nas_features(self.model, x, self.layers, size=self.size, **self.opts)
@@ -854,9 +927,14 @@ class ClassClustering:
         from sklearn.cluster import AgglomerativeClustering
         from sklearn.neighbors import KNeighborsClassifier
 
+        sampled = min(self.n_pixels, self._check_x(x))
+        if self.n_clusters > sampled:
+            raise ValueError(f"n_clusters={self.n_clusters} exceeds the {sampled} sampled pixels; raise n_pixels "
+                             "(or pass more images)")
+        if self.n_neighbors > sampled:
+            raise ValueError(f"n_neighbors={self.n_neighbors} exceeds the {sampled} sampled pixels; lower "
+                             "n_neighbors or raise n_pixels")
         feats, _ = self._pixels(x)
-        if self.n_clusters > min(self.n_pixels, feats.shape[0]):
-            raise ValueError(f"n_clusters={self.n_clusters} exceeds the sampled pixels; raise n_pixels")
         rng = np.random.default_rng(self.seed)
         take = rng.choice(feats.shape[0], size=min(self.n_pixels, feats.shape[0]), replace=False)
         sample = feats[torch.from_numpy(take)].double().cpu().numpy()
@@ -868,6 +946,7 @@ class ClassClustering:
         """Class-cluster label of every pixel of ``x``: LongTensor[N, H, W]."""
         if self.knn is None:
             raise ValueError("call fit(images_of_one_class) before predict")
+        self._check_x(x)
         feats, (n, h, w) = self._pixels(x)
         labels = self.knn.predict(feats.double().cpu().numpy())
         return torch.from_numpy(labels).long().reshape(n, h, w)
@@ -876,6 +955,26 @@ class ClassClustering:
 def class_clusters(model: nn.Module, x: torch.Tensor, layers, n_clusters: int = 10, **kwargs) -> ClassClustering:
     """Fit a :class:`ClassClustering` on the images ``x`` of one class (NAS §4.2.3; chapter 07)."""
     return ClassClustering(model, layers, n_clusters, **kwargs).fit(x)
+
+
+def _check_cluster_labels(labels, shape=None) -> torch.Tensor:
+    """Class-cluster labels: a non-empty integer tensor (N, H, W), of ``shape`` when given."""
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
+    elif isinstance(labels, (list, tuple)):
+        labels = torch.as_tensor(labels)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a LongTensor of shape (N, H, W), got {type(labels).__name__}")
+    if labels.dim() != 3:
+        hint = "; add a batch dimension with labels.unsqueeze(0) for one image" if labels.dim() == 2 else ""
+        raise ValueError(f"labels must have shape (N, H, W), got {tuple(labels.shape)}{hint}")
+    if labels.shape[0] == 0:
+        raise ValueError(f"labels is an empty batch (shape {tuple(labels.shape)}): pass at least one image")
+    check_labels(labels.reshape(-1), None, None, name="labels")  # integer dtype
+    if shape is not None and tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"labels of shape {tuple(labels.shape)} must match the maps' shape {tuple(shape)} "
+                         "(N, H, W); sum heatmaps over channels first")
+    return labels
 
 
 def _per_image_cluster_sums(values: torch.Tensor, labels: torch.Tensor, n_clusters: int):
@@ -916,10 +1015,14 @@ def cluster_saliency(saliency: torch.Tensor, labels: torch.Tensor, n_clusters: i
     present : BoolTensor[K]
         Whether the cluster occurs in any image.
     """
+    check_count(n_clusters, "n_clusters")
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be True or False, got {normalize!r}")
+    _check_values(saliency, "saliency", (3, 4), "(N, H, W) or (N, C, H, W)")
     s = saliency.detach().float()
     if s.dim() == 4:
         s = s.sum(1)
-    labels = torch.as_tensor(labels, device=s.device)
+    labels = _check_cluster_labels(labels, tuple(s.shape)).to(s.device)
     if normalize:
         s = s - s.amin((-2, -1), keepdim=True)
         s = s / s.amax((-2, -1), keepdim=True).clamp_min(1e-12)
@@ -936,9 +1039,16 @@ def cluster_overlap(labels: torch.Tensor, masks: torch.Tensor, n_clusters: int) 
     Names class clusters semi-supervisedly (chapter 07): the cluster with the largest overlap with object masks
     is the object cluster.
     """
-    labels = torch.as_tensor(labels)
+    check_count(n_clusters, "n_clusters")
+    labels = _check_cluster_labels(labels)
+    if not isinstance(masks, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"masks must be a tensor of shape (N, H, W) or (N, 1, H, W), got {type(masks).__name__}")
+    check_finite(masks, "masks")
     m = torch.as_tensor(masks, device=labels.device).float()
     if m.dim() == 4:
+        if m.shape[1] != 1:
+            raise ValueError(f"masks must have shape (N, H, W) or (N, 1, H, W), got {tuple(m.shape)}; one mask "
+                             "per image, not per channel")
         m = m[:, 0]
     inside, counts = _per_image_cluster_sums(m, labels, n_clusters)
     return inside.sum(0) / counts.sum(0).clamp_min(1)

@@ -11,6 +11,10 @@ partitions), and the Neuro-Activated Superpixels of chapter 07 (:mod:`xai_robust
 value by the mean over its segment with two scatter-adds and one gather (no Python loop over
 segments). :func:`superpixelify` applies it to ``[N, H, W]`` saliency maps.
 
+Every public function checks its input first (:mod:`xai_robust.checks`): images and maps are non-empty,
+finite float tensors, partitions non-negative integer ids of the right shape, counts positive ints and
+float parameters finite; errors name the argument.
+
 Paper: Gong, Zhang, Dou, Farnia, *A Super-pixel-based Approach to the Stable Interpretation of
 Neural Networks* (BMVC 2024), Sec. 3.2 (Eq. 3, the averaging operator kappa) and Sec. 3.3 (the
 super-pixel algorithms). Chapter 06, *Super-pixel gradients*.
@@ -23,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .checks import check_count, check_finite, check_images, check_number
 
 __all__ = [
     "METHODS",
@@ -60,19 +66,30 @@ def clear_cache() -> None:
 # --------------------------------------------------------------------------------------------
 # validation helpers
 # --------------------------------------------------------------------------------------------
-def _check_images(images) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor of shape (N, C, H, W), got {type(images).__name__}")
-    if images.dim() == 3:
+def _check_images(images, name: str = "images") -> torch.Tensor:
+    """:func:`xai_robust.checks.check_images` with C = 1 or 3; a single ``[C, H, W]`` image becomes a batch of one."""
+    if isinstance(images, torch.Tensor) and images.dim() == 3:
         images = images.unsqueeze(0)
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(
-            f"images must have shape (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}; "
-            "pass a batch of images (add a batch dimension with x.unsqueeze(0))"
-        )
-    if not images.is_floating_point():
-        raise TypeError("images must be a float tensor with values in [0, 1]; convert with images.float() / 255")
+    check_images(images, name, channels=(1, 3))
+    if images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"{name} has no pixels (shape {tuple(images.shape)}); pass images of at least 1x1")
     return images
+
+
+def _check_values(values, name: str, dims, shape_text: str) -> torch.Tensor:
+    """A non-empty, finite floating tensor with one of the dimensions ``dims`` (maps, attributions)."""
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape_text}, got {type(values).__name__}")
+    if values.dim() not in dims:
+        hint = (f"; add a batch dimension with {name}.unsqueeze(0) for a single map"
+                if values.dim() == min(dims) - 1 else "")
+        raise ValueError(f"{name} must have shape {shape_text}, got {tuple(values.shape)}{hint}")
+    if not values.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {values.dtype}; use {name}.float()")
+    if values.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(values.shape)}): pass at least one map")
+    check_finite(values, name)
+    return values
 
 
 def check_segments(segments, shape=None) -> torch.Tensor:
@@ -90,7 +107,7 @@ def check_segments(segments, shape=None) -> torch.Tensor:
     TypeError
         If ``segments`` is not an integer tensor.
     ValueError
-        If its shape is wrong or an id is negative.
+        If its shape is wrong, the batch is empty or an id is negative.
     """
     if not isinstance(segments, torch.Tensor):
         raise TypeError(f"segments must be a torch.LongTensor[N, H, W], got {type(segments).__name__}")
@@ -100,6 +117,8 @@ def check_segments(segments, shape=None) -> torch.Tensor:
         segments = segments.unsqueeze(0)
     if segments.dim() != 3:
         raise ValueError(f"segments must have shape (N, H, W), got {tuple(segments.shape)}")
+    if segments.shape[0] == 0:
+        raise ValueError(f"segments is an empty batch (shape {tuple(segments.shape)}): pass one partition per image")
     if shape is not None and tuple(segments.shape) != tuple(shape):
         raise ValueError(
             f"segments has shape {tuple(segments.shape)} but the images/maps need {tuple(shape)}; "
@@ -144,24 +163,31 @@ def segment_mean(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     Eq. 3: ``g-SG(x) = kappa(x) grad_x f(x)`` with ``kappa_ij = 1/|S_k|`` when pixels i and j share
     group ``S_k``. Chapter 06.
     """
-    if not isinstance(values, torch.Tensor) or not values.is_floating_point():
-        raise TypeError("values must be a float tensor of shape (N, C, H, W) or (N, H, W)")
+    values = _check_values(values, "values", (3, 4), "(N, C, H, W) or (N, H, W)")
     squeeze = values.dim() == 3
-    if squeeze:
-        values = values.unsqueeze(1)
-    if values.dim() != 4:
-        raise ValueError(f"values must have shape (N, C, H, W) or (N, H, W), got {tuple(values.shape)}")
-    n, c, h, w = values.shape
+    n, h, w = values.shape[0], values.shape[-2], values.shape[-1]
     segments = check_segments(segments, (n, h, w)).to(values.device)
+    out = _segment_mean(values.unsqueeze(1) if squeeze else values, segments)
+    return out.squeeze(1) if squeeze else out
+
+
+def _segment_mean(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """The kernel of :func:`segment_mean` on checked input: ``values`` [N, C, H, W], ``segments`` a LongTensor
+    [N, H, W] on the same device (callers that checked both already, e.g. :mod:`xai_robust.grouped`)."""
+    n, c, h, w = values.shape
     k = int(segments.max()) + 1 if segments.numel() else 1
-    offsets = torch.arange(n, device=values.device).view(n, 1) * k
-    flat = (segments.reshape(n, h * w) + offsets).reshape(-1)  # [N*HW] global segment ids
+    if k <= h * w:
+        offsets = torch.arange(n, device=values.device).view(n, 1) * k
+        flat = (segments.reshape(n, h * w) + offsets).reshape(-1)  # [N*HW] global segment ids
+    else:  # sparse ids (e.g. 0 and 10**12): number the (image, id) pairs 0.. so the buckets fit; same means
+        image = torch.arange(n, device=values.device).repeat_interleave(h * w)
+        flat = torch.unique(torch.stack([image, segments.reshape(-1)]), dim=1, return_inverse=True)[1]
+        k = h * w
     src = values.reshape(n, c, h * w).transpose(1, 2).reshape(-1, c)  # [N*HW, C]
     sums = torch.zeros(n * k, c, dtype=values.dtype, device=values.device).index_add(0, flat, src)
     counts = torch.bincount(flat, minlength=n * k).to(values.dtype).clamp_(min=1)
     means = sums / counts.unsqueeze(1)
-    out = means.index_select(0, flat).reshape(n, h * w, c).transpose(1, 2).reshape(n, c, h, w)
-    return out.squeeze(1) if squeeze else out
+    return means.index_select(0, flat).reshape(n, h * w, c).transpose(1, 2).reshape(n, c, h, w)
 
 
 def superpixelify(saliency: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
@@ -184,18 +210,24 @@ def superpixelify(saliency: torch.Tensor, segments: torch.Tensor) -> torch.Tenso
     Gong et al. (BMVC 2024), Eq. 3 applied to a single-channel map; for a linear map this equals
     grouping first and reducing the channels afterwards. Chapter 06.
     """
-    if not isinstance(saliency, torch.Tensor) or saliency.dim() != 3:
-        shape = tuple(saliency.shape) if isinstance(saliency, torch.Tensor) else type(saliency).__name__
+    if isinstance(saliency, torch.Tensor) and saliency.dim() == 4:
         raise ValueError(
-            f"saliency must be a tensor of shape (N, H, W), got {shape}; reduce the channels first "
-            "(e.g. attribution.sum(1)) or use grouped.segment_average for (N, C, H, W)"
+            f"saliency must be a tensor of shape (N, H, W), got {tuple(saliency.shape)}; reduce the channels "
+            "first (e.g. attribution.sum(1)) or use grouped.segment_average for (N, C, H, W)"
         )
-    return segment_mean(saliency, segments)
+    saliency = _check_values(saliency, "saliency", (3,), "(N, H, W)")
+    segments = check_segments(segments, tuple(saliency.shape)).to(saliency.device)
+    return _segment_mean(saliency.unsqueeze(1), segments).squeeze(1)
 
 
 # --------------------------------------------------------------------------------------------
 # partitions
 # --------------------------------------------------------------------------------------------
+def _check_grid(n, height, width):
+    """Batch size and image size of a baseline partition: positive ints."""
+    return check_count(n, "n"), check_count(height, "height"), check_count(width, "width")
+
+
 def _relabel(labels: np.ndarray) -> np.ndarray:
     """Map arbitrary integer labels to 0 .. K-1 (in order of first appearance of the sorted ids)."""
     _, inverse = np.unique(labels, return_inverse=True)
@@ -216,14 +248,13 @@ def square_partition(n: int, height: int, width: int, *, patch_size: int | None 
         Approximate number of patches instead of ``patch_size``: the side is
         ``round(sqrt(H W / n_segments))``. Default 100.
     """
+    n, height, width = _check_grid(n, height, width)
     if patch_size is None:
-        n_segments = 100 if n_segments is None else int(n_segments)
-        if n_segments < 1:
-            raise ValueError(f"n_segments must be >= 1, got {n_segments}")
+        n_segments = 100 if n_segments is None else check_count(n_segments, "n_segments")
         patch_size = max(1, int(round((height * width / n_segments) ** 0.5)))
-    patch_size = int(patch_size)
-    if patch_size < 1:
-        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    elif n_segments is not None:
+        raise ValueError("pass patch_size or n_segments, not both")
+    patch_size = check_count(patch_size, "patch_size")
     cols = -(-width // patch_size)
     rows = torch.arange(height).div(patch_size, rounding_mode="floor")
     colsid = torch.arange(width).div(patch_size, rounding_mode="floor")
@@ -237,10 +268,11 @@ def random_partition(n: int, height: int, width: int, *, n_segments: int = 100, 
     The 'rand' baseline of Gong et al. (Table 1): same number of groups as the super-pixels, but
     groups that ignore the image. Each image draws its own partition from one seeded generator.
     """
-    n_segments = int(n_segments)
-    if not 1 <= n_segments <= height * width:
+    n, height, width = _check_grid(n, height, width)
+    n_segments = check_count(n_segments, "n_segments")
+    if n_segments > height * width:
         raise ValueError(f"n_segments must be between 1 and H*W={height * width}, got {n_segments}")
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(check_count(seed, "seed", minimum=0))
     order = torch.rand(n, height * width, generator=gen).argsort(dim=1)
     ids = torch.empty(n, height * width, dtype=torch.long)
     ids.scatter_(1, order, (torch.arange(height * width) % n_segments).expand(n, -1).contiguous())
@@ -271,6 +303,32 @@ def _segment_one(img: np.ndarray, method: str, params: dict) -> np.ndarray:
     return _relabel(np.asarray(lab))
 
 
+# ranges of the scikit-image parameters (and of the baselines'): counts are ints >= the minimum, numbers are
+# (low, low_open); any other float, array or tensor parameter must be finite
+_COUNTS = {"n_segments": 1, "patch_size": 1, "min_size": 0, "max_num_iter": 1, "seed": 0}
+_NUMBERS = {
+    "slic": {"compactness": (0.0, True), "sigma": (0.0, False)},
+    "quickshift": {"kernel_size": (1.0, False), "max_dist": (0.0, False), "sigma": (0.0, False)},
+    "felzenszwalb": {"scale": (0.0, False), "sigma": (0.0, False)},
+    "watershed": {"compactness": (0.0, False)},
+}
+
+
+def _check_params(method: str, params: dict) -> None:
+    """Counts are ints, numbers finite and in range, array parameters finite: before any algorithm runs."""
+    numbers = _NUMBERS.get(method, {})
+    for name, value in params.items():
+        if name in _COUNTS:
+            check_count(value, name, minimum=_COUNTS[name])
+        elif name in numbers and not isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
+            low, low_open = numbers[name]
+            check_number(value, name, low=low, low_open=low_open)
+        elif isinstance(value, (float, np.floating)):
+            check_number(value, name)
+        elif isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
+            check_finite(np.asarray(value) if isinstance(value, (list, tuple)) else value, name)
+
+
 def _cache_key(method: str, params: dict, images: torch.Tensor) -> str:
     """Digest of the method, its parameters and the images' full content (dtype and every byte)."""
     from .cache import content_digest
@@ -291,7 +349,8 @@ def segment(images: torch.Tensor, method: str = "slic", *, cache: bool | str = T
     Parameters
     ----------
     images : torch.Tensor
-        ``[N, C, H, W]`` float images in [0, 1] (C = 1 or 3).
+        ``[N, C, H, W]`` float images in [0, 1] (C = 1 or 3), finite; a single ``[C, H, W]`` image is
+        treated as a batch of one.
     method : {"slic", "quickshift", "felzenszwalb", "watershed", "squares", "random"}
         ``"slic"`` (Achanta et al.; ``n_segments``, ``compactness``, ``sigma``), ``"quickshift"``
         (Vedaldi & Soatto; ``kernel_size``, ``max_dist``, ``ratio``), ``"felzenszwalb"`` (graph based;
@@ -320,6 +379,9 @@ def segment(images: torch.Tensor, method: str = "slic", *, cache: bool | str = T
     images = _check_images(images)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if cache not in (True, False, "disk"):
+        raise ValueError(f"cache must be True, False or 'disk', got {cache!r}")
+    _check_params(method, params)
     n, _, h, w = images.shape
     if method == "squares":
         return square_partition(n, h, w, **params).to(images.device)
