@@ -201,3 +201,105 @@ def test_model_untouched_and_bad_inputs():
         sm.road(model, x, exact, fractions=(1.0,))
     with pytest.raises(ValueError, match="target"):
         sm.deletion_auc(model, x, exact, target=5)
+
+
+# ---------------------------------------------------------------- bad input at the boundary
+NAN, INF = float("nan"), float("inf")
+
+
+def _with(t, value, index=(0,)):
+    t = t.clone()
+    t[index] = value
+    return t
+
+
+def _bad_saliency_calls():
+    model, x, exact = linear_case(n=3)
+    e = torch.rand(3, 3, 4, 4)
+    folds = torch.tensor([0, 1, 2])
+    removed = torch.zeros(3, 8, 8, dtype=torch.bool)
+    removed[:, 2:4, 2:4] = True
+    return [
+        # ssim
+        ("ssim-nan-a", lambda: sm.ssim(_with(exact, NAN), exact), ValueError, "maps_a"),
+        ("ssim-inf-b", lambda: sm.ssim(exact, _with(exact, INF)), ValueError, "maps_b"),
+        ("ssim-empty", lambda: sm.ssim(exact[:0], exact[:0]), ValueError, "maps_a"),
+        ("ssim-shape", lambda: sm.ssim(exact, exact[:2]), ValueError, "maps_b"),
+        ("ssim-float32-overflow", lambda: sm.ssim(_with(exact.double(), 1e300), exact), ValueError, "maps_a"),
+        ("ssim-win-even", lambda: sm.ssim(exact, exact, win_size=4), ValueError, "win_size"),
+        ("ssim-win-small", lambda: sm.ssim(exact, exact, win_size=1), ValueError, "win_size"),
+        ("ssim-tiny-maps", lambda: sm.ssim(exact[:, :2, :2], exact[:, :2, :2]), ValueError, "maps_a"),
+        ("ssim-win-float", lambda: sm.ssim(exact, exact, win_size=5.0), TypeError, "win_size"),
+        # spearman
+        ("spearman-nan-a", lambda: sm.spearman(_with(exact, NAN), exact), ValueError, "a"),
+        ("spearman-inf-b", lambda: sm.spearman(exact, _with(exact, INF)), ValueError, "b"),
+        ("spearman-empty", lambda: sm.spearman(exact[:0], exact[:0]), ValueError, "a"),
+        ("spearman-1d", lambda: sm.spearman(exact[0, 0], exact[0, 0]), ValueError, "a"),
+        ("spearman-type", lambda: sm.spearman(exact.numpy(), exact), TypeError, "a"),
+        # mege
+        ("mege-nan", lambda: sm.mege(_with(e, NAN), folds), ValueError, "explanations"),
+        ("mege-inf", lambda: sm.mege(_with(e, INF), folds), ValueError, "explanations"),
+        ("mege-empty", lambda: sm.mege(e[:, :0], folds[:0]), ValueError, "explanations"),
+        ("mege-folds-float", lambda: sm.mege(e, folds.float()), TypeError, "folds"),
+        ("mege-folds-length", lambda: sm.mege(e, folds[:2]), ValueError, "folds"),
+        ("mege-folds-range", lambda: sm.mege(e, torch.tensor([0, 1, -1])), ValueError, "folds"),
+        ("mege-correct-nan", lambda: sm.mege(e, folds, correct=_with(torch.ones(3, 3), NAN)), ValueError,
+         "correct"),
+        ("mege-correct-shape", lambda: sm.mege(e, folds, correct=torch.ones(3, 2, dtype=torch.bool)),
+         ValueError, "correct"),
+        # perturbation_curve / deletion_auc / insertion_auc
+        ("curve-nan-x", lambda: sm.perturbation_curve(model, _with(x, NAN), exact), ValueError, "x"),
+        ("curve-empty-x", lambda: sm.perturbation_curve(model, x[:0], exact[:0]), ValueError, "x"),
+        ("curve-x-dtype", lambda: sm.perturbation_curve(model, x.double(), exact), TypeError, "x"),
+        ("curve-model", lambda: sm.perturbation_curve(lambda t: t, x, exact), TypeError, "model"),
+        ("curve-nan-saliency", lambda: sm.perturbation_curve(model, x, _with(exact, NAN)), ValueError,
+         "saliency"),
+        ("deletion-inf-saliency", lambda: sm.deletion_auc(model, x, _with(exact, INF)), ValueError, "saliency"),
+        ("insertion-nan-saliency", lambda: sm.insertion_auc(model, x, _with(exact, NAN)), ValueError,
+         "saliency"),
+        ("curve-steps-0", lambda: sm.perturbation_curve(model, x, exact, n_steps=0), ValueError, "n_steps"),
+        ("curve-steps-float", lambda: sm.deletion_auc(model, x, exact, n_steps=4.0), TypeError, "n_steps"),
+        ("curve-batch-0", lambda: sm.insertion_auc(model, x, exact, batch_size=0), ValueError, "batch_size"),
+        ("curve-batch-float", lambda: sm.deletion_auc(model, x, exact, batch_size=1.5), TypeError, "batch_size"),
+        ("curve-nan-baseline", lambda: sm.deletion_auc(model, x, exact, baseline=NAN), ValueError, "baseline"),
+        ("curve-inf-baseline-tensor", lambda: sm.deletion_auc(model, x, exact, baseline=torch.full((1, 3, 1, 1),
+                                                                                                   INF)),
+         ValueError, "baseline"),
+        ("curve-baseline-shape", lambda: sm.deletion_auc(model, x, exact, baseline=torch.zeros(2, 1, 1)),
+         ValueError, "baseline"),
+        ("curve-seed-negative", lambda: sm.deletion_auc(model, x, exact, seed=-1), ValueError, "seed"),
+        # mu_fidelity
+        ("mu-nan-x", lambda: sm.mu_fidelity(model, _with(x, NAN), exact), ValueError, "x"),
+        ("mu-nan-saliency", lambda: sm.mu_fidelity(model, x, _with(exact, NAN)), ValueError, "saliency"),
+        ("mu-subsets-1", lambda: sm.mu_fidelity(model, x, exact, n_subsets=1), ValueError, "n_subsets"),
+        ("mu-subset-nan", lambda: sm.mu_fidelity(model, x, exact, subset_size=NAN), ValueError, "subset_size"),
+        ("mu-subset-fraction", lambda: sm.mu_fidelity(model, x, exact, subset_size=1.5), ValueError,
+         "subset_size"),
+        ("mu-subset-count", lambda: sm.mu_fidelity(model, x, exact, subset_size=65), ValueError, "subset_size"),
+        ("mu-batch-0", lambda: sm.mu_fidelity(model, x, exact, batch_size=0), ValueError, "batch_size"),
+        ("mu-nan-baseline", lambda: sm.mu_fidelity(model, x, exact, baseline=NAN), ValueError, "baseline"),
+        # noisy_linear_imputation
+        ("impute-nan-x", lambda: sm.noisy_linear_imputation(_with(x, NAN), removed), ValueError, "x"),
+        ("impute-empty-x", lambda: sm.noisy_linear_imputation(x[:0], removed[:0]), ValueError, "x"),
+        ("impute-removed-nan", lambda: sm.noisy_linear_imputation(x, _with(removed.float(), NAN)), ValueError,
+         "removed"),
+        ("impute-removed-shape", lambda: sm.noisy_linear_imputation(x, removed[:1]), ValueError, "removed"),
+        ("impute-noise-nan", lambda: sm.noisy_linear_imputation(x, removed, noise=NAN), ValueError, "noise"),
+        ("impute-noise-negative", lambda: sm.noisy_linear_imputation(x, removed, noise=-0.1), ValueError,
+         "noise"),
+        # road
+        ("road-nan-x", lambda: sm.road(model, _with(x, NAN), exact), ValueError, "x"),
+        ("road-nan-saliency", lambda: sm.road(model, x, _with(exact, NAN)), ValueError, "saliency"),
+        ("road-fractions-nan", lambda: sm.road(model, x, exact, fractions=(0.1, NAN)), ValueError, "fractions"),
+        ("road-fractions-empty", lambda: sm.road(model, x, exact, fractions=()), ValueError, "fractions"),
+        ("road-noise-inf", lambda: sm.road(model, x, exact, noise=INF), ValueError, "noise"),
+        ("road-batch-0", lambda: sm.road(model, x, exact, batch_size=0), ValueError, "batch_size"),
+    ]
+
+
+@pytest.mark.parametrize("call,error,name", [c[1:] for c in _bad_saliency_calls()],
+                         ids=[c[0] for c in _bad_saliency_calls()])
+def test_bad_input_raises_naming_the_argument(call, error, name):
+    with pytest.raises(error) as info:
+        call()
+    assert name in str(info.value)

@@ -2,17 +2,21 @@
 
 Chapter 07 (Neuro-Activated Superpixels) uses them to compare pixel saliency maps with their
 superpixelifications, as in NAS §4.3.2 (AUC-LeRF, Table 2) and §4.3.3 (weakly supervised object
-localisation, Table 3). MaxBoxAccV2 follows Choe et al. (2020) and their code (clovaai/wsolevaluation).
+localisation, Table 3). MaxBoxAccV2 follows Choe et al. (2020) and their code (clovaai/wsolevaluation): boxes
+around every contour that ``cv2.findContours`` in tree mode returns (outer boundaries and hole boundaries),
+computed here with scipy's connected-component labelling, so OpenCV is not a dependency.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..attribution import check_images, resolve_target, restore_model
+from ..attribution import resolve_target, restore_model
+from ..checks import check_count, check_finite, check_model_input, check_number
+from .saliency import _baseline
 
 __all__ = ["relevance_share", "relevance_curve", "lerf_curve", "morf_curve", "curve_auc", "greedy_lerf",
            "mask_boxes", "map_boxes", "box_iou", "max_box_acc_v2"]
@@ -28,9 +32,9 @@ def relevance_share(saliency: torch.Tensor, region: torch.Tensor, *, part: str =
     Parameters
     ----------
     saliency : Tensor[N, C, H, W] or Tensor[N, H, W]
-        Heatmaps.
+        Heatmaps (finite, at least one).
     region : Tensor broadcastable to ``saliency`` (e.g. masks of shape (N, 1, H, W)), values in [0, 1]
-        The region (1 = inside); soft values weight the pixels.
+        The region (1 = inside); soft values weight the pixels. Finite.
     part : {"abs", "positive"}
         Which relevance is counted.
 
@@ -41,18 +45,35 @@ def relevance_share(saliency: torch.Tensor, region: torch.Tensor, *, part: str =
     """
     if part not in ("abs", "positive"):
         raise ValueError(f"part must be 'abs' or 'positive', got {part!r}")
-    if not isinstance(saliency, torch.Tensor) or saliency.dim() not in (3, 4):
-        raise TypeError("saliency must be a tensor of shape (N, H, W) or (N, C, H, W)")
+    if not isinstance(saliency, torch.Tensor):
+        raise TypeError(f"saliency must be a torch.Tensor of shape (N, H, W) or (N, C, H, W), "
+                        f"got {type(saliency).__name__}")
+    if saliency.dim() not in (3, 4):
+        raise ValueError(f"saliency must have shape (N, H, W) or (N, C, H, W), got {tuple(saliency.shape)}")
+    if saliency.shape[0] == 0:
+        raise ValueError(f"saliency is an empty batch (shape {tuple(saliency.shape)}): pass at least one map")
+    if not saliency.is_floating_point():
+        saliency = saliency.double()
+    check_finite(saliency, "saliency")
+    if not isinstance(region, torch.Tensor):
+        try:
+            region = torch.as_tensor(np.asarray(region, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"region must be a tensor broadcastable to the saliency maps, "
+                            f"got {type(region).__name__}") from err
+    check_finite(region, "region")
     r = saliency.abs() if part == "abs" else saliency.clamp(min=0)
-    region = torch.as_tensor(region, dtype=r.dtype, device=r.device)
+    region = region.to(dtype=r.dtype, device=r.device)
     if saliency.dim() == 3 and region.dim() == 4:
         region = region[:, 0]
     try:
-        inside = (r * region).flatten(1).sum(1)
-    except RuntimeError as err:
+        weighted = r * region
+    except RuntimeError:
+        weighted = None
+    if weighted is None or weighted.shape != r.shape:
         raise ValueError(f"region of shape {tuple(region.shape)} does not broadcast to the saliency maps of "
-                         f"shape {tuple(saliency.shape)}; pass masks of shape (N, 1, H, W)") from err
-    return inside / r.flatten(1).sum(1).clamp_min(1e-12)
+                         f"shape {tuple(saliency.shape)}; pass masks of shape (N, 1, H, W)")
+    return weighted.flatten(1).sum(1) / r.flatten(1).sum(1).clamp_min(1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -60,14 +81,17 @@ def relevance_share(saliency: torch.Tensor, region: torch.Tensor, *, part: str =
 # ----------------------------------------------------------------------------------------------------
 def _as_map(saliency: torch.Tensor, x: torch.Tensor, name: str = "saliency") -> torch.Tensor:
     if not isinstance(saliency, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (N, H, W) or (N, C, H, W)")
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, H, W) or (N, C, H, W), "
+                        f"got {type(saliency).__name__}")
     n, _, h, w = x.shape
     if saliency.dim() == 4:
         saliency = saliency.sum(1)
     if saliency.shape != (n, h, w):
         raise ValueError(f"{name} must have shape (N, H, W) = {(n, h, w)} or (N, C, H, W), "
                          f"got {tuple(saliency.shape)}")
-    return saliency.detach().to(x.device, torch.float64)
+    saliency = saliency.detach().to(x.device, torch.float64)
+    check_finite(saliency, name)  # after the channel sum, which can overflow
+    return saliency
 
 
 def _scores(model, x, t, batch_size):
@@ -99,13 +123,15 @@ def relevance_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, t
         Class whose logit is tracked; default the predicted class on the intact image.
     order : {"lerf", "morf"}
     steps : int
-        Number of removal steps; the curve has ``steps + 1`` points.
+        Number of removal steps (>= 1); the curve has ``steps + 1`` points.
     baseline : float or Tensor broadcastable to (N, C, H, W)
-        Value of removed pixels.
+        Value of removed pixels (finite).
     scale : bool
         Scale to start at 1 and end at 0 (images whose two end scores coincide get NaN). The scaling presumes
         the score drops from the image to the fully removed one; where it rises, the scaled curve is mirrored
         and "larger AUC is better" no longer holds (report such images separately).
+    batch_size : int
+        Images per forward pass (>= 1).
 
     Returns
     -------
@@ -113,12 +139,13 @@ def relevance_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, t
         Fraction of pixels removed.
     curve : Tensor[N, steps + 1]
     """
-    check_images(x)
+    check_model_input(model, x)
     if order not in ("lerf", "morf"):
         raise ValueError(f"order must be 'lerf' or 'morf', got {order!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = check_count(steps, "steps")
+    batch_size = check_count(batch_size, "batch_size")
     sal = _as_map(saliency, x)
+    base = _baseline(baseline, x)
     n, c, h, w = x.shape
     p = h * w
     flat = sal.reshape(n, p)
@@ -126,7 +153,6 @@ def relevance_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, t
     position = torch.empty_like(rank).scatter_(1, rank, torch.arange(p, device=x.device).expand(n, p))
     fractions = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     counts = (fractions * p).round().long()
-    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
     with restore_model(model), torch.no_grad():
         model.eval()
         t = resolve_target(torch.cat([model(x[s:s + batch_size]) for s in range(0, n, batch_size)]), target)
@@ -157,11 +183,24 @@ def morf_curve(model, x, saliency, target=None, **kwargs):
 
 
 def curve_auc(fractions: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
-    """Area under a removal curve by the trapezoidal rule (NAS §4.3.2): Tensor[N]."""
+    """Area under a removal curve by the trapezoidal rule (NAS §4.3.2): Tensor[N].
+
+    ``fractions`` is a finite 1-D grid of at least two points; ``curve`` is (N, P) or (P,). A NaN in a curve
+    (the marker :func:`relevance_curve` writes for an image whose two end scores coincide) gives that image a
+    NaN area, so average with ``torch.nanmean``; an infinite value raises.
+    """
     fractions = torch.as_tensor(fractions, dtype=torch.float64)
     curve = torch.as_tensor(curve, dtype=torch.float64)
+    if fractions.dim() != 1 or fractions.numel() < 2:
+        raise ValueError(f"fractions must be a 1-D grid of at least 2 points, got shape {tuple(fractions.shape)}")
+    check_finite(fractions, "fractions")
     if curve.dim() == 1:
         curve = curve[None]
+    if curve.dim() != 2 or curve.shape[0] == 0:
+        raise ValueError(f"curve must have shape (N, P) or (P,) with N >= 1, got {tuple(curve.shape)}")
+    if bool(torch.isinf(curve).any()):
+        raise ValueError("curve holds inf values; check the scores that produced it (NaN marks a degenerate "
+                         "image and is allowed)")
     if curve.shape[-1] != fractions.shape[-1]:
         raise ValueError(f"curve has {curve.shape[-1]} points but fractions has {fractions.shape[-1]}")
     return torch.trapezoid(curve, fractions, dim=-1)
@@ -179,7 +218,9 @@ def greedy_lerf(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, targe
     model, x, target, baseline, batch_size
         As in :func:`relevance_curve`.
     segments : LongTensor[N, H, W]
-        Superpixel labels.
+        Superpixel labels (integers, or finite integer-valued floats).
+    progress : bool
+        Show a progress bar over the images.
 
     Returns
     -------
@@ -188,12 +229,21 @@ def greedy_lerf(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, targe
         ``"order_map"`` (Tensor[N, H, W]: removal step / (S − 1) per pixel, 0 = removed first, 1 = last; a
         saliency map whose LeRF order is the greedy order).
     """
-    check_images(x)
+    check_model_input(model, x)
     n, c, h, w = x.shape
-    if not isinstance(segments, torch.Tensor) or segments.shape != (n, h, w):
-        raise ValueError(f"segments must be a LongTensor of shape (N, H, W) = {(n, h, w)}")
+    if not isinstance(segments, torch.Tensor):
+        raise TypeError(f"segments must be a LongTensor of shape (N, H, W) = {(n, h, w)}, "
+                        f"got {type(segments).__name__}")
+    if segments.shape != (n, h, w):
+        raise ValueError(f"segments must be a LongTensor of shape (N, H, W) = {(n, h, w)}, "
+                         f"got {tuple(segments.shape)}")
+    if segments.is_floating_point():
+        check_finite(segments, "segments")
+        if not bool((segments == segments.round()).all()):
+            raise ValueError("segments must hold integer superpixel labels, got fractional values")
+    batch_size = check_count(batch_size, "batch_size")
     segments = segments.to(x.device).long()
-    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
+    base = _baseline(baseline, x)
     aucs, curves, fracs = [], [], []
     order_map = torch.zeros(n, h, w, dtype=torch.float64)
     it = range(n)
@@ -231,57 +281,127 @@ def greedy_lerf(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, targe
 # ----------------------------------------------------------------------------------------------------
 # MaxBoxAccV2 (Choe et al., 2020; clovaai/wsolevaluation)
 # ----------------------------------------------------------------------------------------------------
-def _component_boxes(binary: np.ndarray) -> np.ndarray:
-    """Boxes (x0, y0, x1, y1) around every 8-connected component, in wsolevaluation's convention.
+#: Threshold step of :func:`max_box_acc_v2` when neither ``thresholds`` nor ``threshold_step`` is given.
+#: wsolevaluation's own default (``cam_curve_interval`` of ``evaluate_wsol`` and of the training config that
+#: produced the paper's numbers) is 0.001.
+DEFAULT_THRESHOLD_STEP = 0.01
 
-    wsolevaluation takes ``cv2.boundingRect`` of each contour and writes ``x1 = min(x + w, W − 1)``; an
-    empty mask gives the single box (0, 0, 0, 0). (cv2's tree mode also returns hole contours, whose boxes
-    lie inside their component's box; they are not added here.)
+_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity (foreground, as cv2's border following)
+
+
+def _contour_boxes(binary: np.ndarray, *, holes: bool = True) -> np.ndarray:
+    """Boxes (x0, y0, x1, y1) of every contour of a binary image, as wsolevaluation finds and boxes them.
+
+    wsolevaluation runs ``cv2.findContours(..., cv2.RETR_TREE, ...)``, which returns every border of the
+    Suzuki–Abe border following: the *outer* border of each 8-connected foreground component and the *hole*
+    border of each 4-connected background component enclosed by foreground (holes of holes included, at any
+    depth). It boxes each contour with ``cv2.boundingRect`` → ``(x, y, w, h)`` and writes
+    ``x1 = min(x + w, W − 1)``, ``y1 = min(y + h, H − 1)`` (an exclusive end, clipped). Here, without OpenCV:
+
+    - an outer border runs over its component's own outermost pixels, so its box is the component's box;
+    - a hole border runs over the foreground pixels 4-adjacent to the hole, so its box is the hole's box grown
+      by one pixel on each side (the grown box stays inside the image: a hole never touches the image edge,
+      which cv2 pads with background).
+
+    An image without foreground gives the single box (0, 0, 0, 0), as in wsolevaluation. The box *set* equals
+    OpenCV's (``tests/test_localization.py`` compares them when cv2 is importable; checked with cv2 4.14 and
+    5.0); the order does not matter to MaxBoxAccV2, which takes the best box.
     """
-    from skimage.measure import label, regionprops
+    from scipy import ndimage
 
     h, w = binary.shape
-    lab = label(binary, connectivity=2)
     boxes = []
-    for region in regionprops(lab):
-        y0, x0, y1, x1 = region.bbox  # exclusive ends = x + w of cv2.boundingRect
-        boxes.append([x0, y0, min(x1, w - 1), min(y1, h - 1)])
+    lab, _ = ndimage.label(binary, structure=_EIGHT)
+    for rows, cols in ndimage.find_objects(lab):
+        boxes.append([cols.start, rows.start, min(cols.stop, w - 1), min(rows.stop, h - 1)])
+    if holes and boxes:
+        lab, _ = ndimage.label(~binary)  # 4-connectivity (background)
+        for rows, cols in ndimage.find_objects(lab):
+            if rows.start == 0 or cols.start == 0 or rows.stop == h or cols.stop == w:
+                continue  # touches the image edge: the outside, not a hole
+            # hole pixels rows.start .. rows.stop − 1; its border one pixel further out: boundingRect gives
+            # x = cols.start − 1, w = (cols.stop − cols.start) + 2, so x + w = cols.stop + 1
+            boxes.append([cols.start - 1, rows.start - 1, min(cols.stop + 1, w - 1), min(rows.stop + 1, h - 1)])
     if not boxes:
         return np.zeros((1, 4), dtype=np.int64)
     return np.asarray(boxes, dtype=np.int64)
 
 
+def _check_boxes(boxes, name: str, *, allow_empty: bool = True) -> np.ndarray:
+    """Boxes (x0, y0, x1, y1) as a float array (B, 4): finite, x1 >= x0 and y1 >= y0."""
+    if isinstance(boxes, torch.Tensor):
+        boxes = boxes.detach().cpu().numpy()
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be an array of boxes (x0, y0, x1, y1) of shape (B, 4)") from err
+    if arr.ndim == 1 and arr.shape[0] == 4:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (B, 4) (x0, y0, x1, y1 per box) or (4,), got {arr.shape}")
+    if not allow_empty and arr.shape[0] == 0:
+        raise ValueError(f"{name} holds no box: pass at least one ground-truth box per image")
+    check_finite(arr, name)
+    if (arr[:, 2] < arr[:, 0]).any() or (arr[:, 3] < arr[:, 1]).any():
+        raise ValueError(f"{name} must hold boxes (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0")
+    return arr
+
+
+def _as_numpy(value, name: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16 or value.dtype == torch.float16:
+            value = value.float()
+        value = value.numpy()
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a tensor or array, got {type(value).__name__}") from err
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    check_finite(arr, name)
+    return arr
+
+
 def mask_boxes(masks) -> list[np.ndarray]:
     """Ground-truth boxes from object masks: one box per connected component, same convention as the estimates.
+
+    Only the outer boundary of each 8-connected component is boxed (a hole in an object mask is not an object).
 
     Parameters
     ----------
     masks : Tensor[N, H, W] or Tensor[N, 1, H, W]
-        Foreground masks (> 0.5 is foreground).
+        Foreground masks (> 0.5 is foreground), finite.
 
     Returns
     -------
     list of int arrays (B_i, 4)
     """
-    m = torch.as_tensor(masks)
-    if m.dim() == 4:
+    m = _as_numpy(masks, "masks")
+    if m.ndim == 4:
         if m.shape[1] != 1:
             raise ValueError(f"masks must have shape (N, H, W) or (N, 1, H, W), got {tuple(m.shape)}")
         m = m[:, 0]
-    if m.dim() != 3:
+    if m.ndim != 3:
         raise ValueError(f"masks must have shape (N, H, W) or (N, 1, H, W), got {tuple(m.shape)}")
+    if m.shape[0] == 0:
+        raise ValueError(f"masks is an empty batch (shape {tuple(m.shape)}): pass at least one mask")
     out = []
-    for i, mi in enumerate(m.cpu().numpy() > 0.5):
+    for i, mi in enumerate(m > 0.5):
         if not mi.any():
             raise ValueError(f"masks[{i}] has an empty foreground; drop that image or pass gt_boxes")
-        out.append(_component_boxes(mi))
+        out.append(_contour_boxes(mi, holes=False))
     return out
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (A × B) of boxes (x0, y0, x1, y1) with the +1 pixel convention of wsolevaluation."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    """IoU matrix (A × B) of boxes (x0, y0, x1, y1) with the +1 pixel convention of wsolevaluation.
+
+    ``a`` and ``b`` are arrays of shape (A, 4) and (B, 4), or single boxes of shape (4,); coordinates must be
+    finite with x1 >= x0 and y1 >= y0.
+    """
+    a = _check_boxes(a, "a")
+    b = _check_boxes(b, "b")
     ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
     iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
     ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
@@ -292,80 +412,139 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
-def map_boxes(saliency_map: np.ndarray, threshold: float) -> np.ndarray:
+def _quantize(normalized: np.ndarray) -> np.ndarray:
+    return (normalized * 255).astype(np.uint8)
+
+
+def map_boxes(saliency_map, threshold: float) -> np.ndarray:
     """Boxes around all contours of a min-max normalised map thresholded at ``threshold`` (wsolevaluation).
 
     The map is quantised to uint8 (``map * 255``) and pixels strictly above ``int(threshold * max)`` are kept,
-    as ``cv2.threshold(..., THRESH_BINARY)`` does in wsolevaluation.
+    as ``cv2.threshold(..., THRESH_BINARY)`` does in wsolevaluation; every contour of the result is boxed,
+    the outer boundary of each component and the boundary of each hole (see :func:`_contour_boxes`).
+
+    Parameters
+    ----------
+    saliency_map : array or Tensor (H, W)
+        Finite values in [0, 1] (min-max normalise first).
+    threshold : float
+        τ in [0, 1].
+
+    Returns
+    -------
+    int array (B, 4)
     """
-    q = (np.asarray(saliency_map, dtype=np.float64) * 255).astype(np.uint8)
-    return _component_boxes(q > int(threshold * q.max()))
+    m = _as_numpy(saliency_map, "saliency_map").astype(np.float64)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"saliency_map must be one non-empty (H, W) map, got shape {tuple(m.shape)}")
+    if m.min() < 0 or m.max() > 1:
+        raise ValueError(f"saliency_map must lie in [0, 1] (min-max normalise it first), got values in "
+                         f"[{m.min():.4g}, {m.max():.4g}]")
+    threshold = check_number(threshold, "threshold", low=0.0, high=1.0)
+    q = _quantize(m)
+    return _contour_boxes(q > int(threshold * q.max()))
 
 
 def _normalize_maps(saliency) -> np.ndarray:
-    s = torch.as_tensor(saliency).detach().double().cpu()
-    if s.dim() == 4:
+    s = _as_numpy(saliency, "saliency").astype(np.float64)
+    if s.ndim == 4:
         s = s.sum(1)
-    if s.dim() != 3:
+    if s.ndim != 3:
         raise ValueError(f"saliency must have shape (N, H, W) or (N, C, H, W), got {tuple(s.shape)}")
-    s = s.numpy()
+    if s.shape[0] == 0 or s.shape[1] == 0 or s.shape[2] == 0:
+        raise ValueError(f"saliency is empty (shape {tuple(s.shape)}): pass at least one (H, W) map")
+    check_finite(s, "saliency")  # a channel sum can overflow to inf
     lo = s.min(axis=(1, 2), keepdims=True)
     hi = s.max(axis=(1, 2), keepdims=True)
     return np.where(hi > lo, (s - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
 
 
+def _threshold_list(thresholds, threshold_step) -> np.ndarray:
+    if thresholds is not None and threshold_step is not None:
+        raise ValueError("pass thresholds= or threshold_step=, not both")
+    if thresholds is None:
+        step = DEFAULT_THRESHOLD_STEP if threshold_step is None else threshold_step
+        step = check_number(step, "threshold_step", low=0.0, high=1.0, low_open=True)
+        return np.arange(0, 1, step)
+    t = _as_numpy(thresholds, "thresholds").astype(np.float64)
+    if t.ndim != 1 or t.size == 0:
+        raise ValueError(f"thresholds must be a non-empty 1-D sequence of τ in [0, 1], got shape {t.shape}")
+    if t.min() < 0 or t.max() > 1:
+        raise ValueError(f"thresholds must lie in [0, 1], got values in [{t.min():.4g}, {t.max():.4g}]")
+    return t
+
+
 def max_box_acc_v2(saliency, masks=None, *, gt_boxes: Sequence[np.ndarray] | None = None,
-                   thresholds=None, iou_thresholds=(0.3, 0.5, 0.7)) -> dict:
+                   thresholds=None, threshold_step: float | None = None,
+                   iou_thresholds=(0.3, 0.5, 0.7)) -> dict:
     """MaxBoxAccV2 (Choe et al., 2020) as used for weakly supervised localisation in NAS §4.3.3 (Table 3).
 
-    Each map is min-max normalised; for every threshold τ, boxes are drawn around all contours of the map above
-    τ and an image counts as localised at IoU level δ when its best box-to-ground-truth IoU is ≥ δ.
-    ``BoxAcc(τ, δ)`` is the fraction of localised images; ``MaxBoxAcc(δ) = max_τ BoxAcc(τ, δ)`` (one threshold
-    for the whole data set) and MaxBoxAccV2 is the mean over δ ∈ {0.3, 0.5, 0.7}.
+    Follows wsolevaluation's ``BoxEvaluator`` with ``multi_contour_eval=True`` and ``multi_iou_eval=True``
+    (its MaxBoxAccV2 setting). Each map is min-max normalised and quantised to uint8; for every threshold τ,
+    the pixels above ``int(τ · max)`` are kept and *every contour* of the result is boxed — the outer boundary
+    of each 8-connected region and the boundary of each hole in it, as ``cv2.findContours`` in tree mode
+    returns them (see :func:`map_boxes`). An image counts as localised at IoU level δ when its best
+    box-to-ground-truth IoU (+1 pixel convention, :func:`box_iou`) is ≥ δ. ``BoxAcc(τ, δ)`` is the fraction
+    of localised images; ``MaxBoxAcc(δ) = max_τ BoxAcc(τ, δ)`` (one threshold for the whole data set) and
+    MaxBoxAccV2 is the mean over δ ∈ {0.3, 0.5, 0.7}.
 
     Parameters
     ----------
     saliency : Tensor[N, H, W] or Tensor[N, C, H, W]
-        Saliency maps (summed over channels when 4-D).
+        Saliency maps (summed over channels when 4-D); finite.
     masks : Tensor[N, (1,) H, W], optional
-        Object masks; their components' boxes are the ground truth (see :func:`mask_boxes`).
+        Object masks of the maps' size; their components' boxes are the ground truth (see :func:`mask_boxes`).
     gt_boxes : list of arrays (B_i, 4), optional
-        Ground-truth boxes (x0, y0, x1, y1) instead of masks.
-    thresholds : array, optional
-        Default ``0, 0.01, …, 0.99`` (wsolevaluation uses a 0.001 step; 0.01 is the CPU choice of REFERENCE.md).
-    iou_thresholds : sequence of float
+        Ground-truth boxes (x0, y0, x1, y1) instead of masks, at least one per image.
+    thresholds : sequence of float in [0, 1], optional
+        The τ values, instead of a regular grid.
+    threshold_step : float in (0, 1], optional
+        Grid ``0, step, 2·step, … < 1`` (``np.arange(0, 1, step)``, wsolevaluation's ``cam_curve_interval``).
+        Default :data:`DEFAULT_THRESHOLD_STEP` = 0.01 (REFERENCE.md's CPU choice, also wsolevaluation's
+        command-line default). wsolevaluation's ``evaluate_wsol`` and the configuration behind the paper's
+        numbers use **0.001**: pass ``threshold_step=0.001`` to match them exactly. Because the map is
+        quantised to 256 levels, 0.001 already tries every distinct cut (finer steps change nothing) and
+        costs about 2.5 times the default; it can only raise each ``MaxBoxAcc(δ)``, never lower it.
+    iou_thresholds : sequence of float in (0, 1]
         δ values.
 
     Returns
     -------
     dict
         ``"maxboxacc_v2"`` and ``"iou@30"``, ``"iou@50"``, ``"iou@70"`` (fractions in [0, 1]) plus
-        ``"best_threshold@30"`` … (the τ achieving each maximum).
+        ``"best_threshold@30"`` … (the first τ achieving each maximum).
     """
     maps = _normalize_maps(saliency)
-    n = maps.shape[0]
+    n, h, w = maps.shape
     if (masks is None) == (gt_boxes is None):
         raise ValueError("pass exactly one of masks= (object masks) or gt_boxes= (list of (B, 4) arrays)")
+    thresholds = _threshold_list(thresholds, threshold_step)
+    deltas = [check_number(d, "iou_thresholds", low=0.0, high=1.0, low_open=True) for d in iou_thresholds]
+    if not deltas:
+        raise ValueError("iou_thresholds is empty: pass at least one IoU level, e.g. (0.3, 0.5, 0.7)")
     if gt_boxes is None:
         gt_boxes = mask_boxes(masks)
-    if len(gt_boxes) != n:
-        raise ValueError(f"{len(gt_boxes)} ground truths for {n} saliency maps; pass one per image")
-    if thresholds is None:
-        thresholds = np.arange(0, 1, 0.01)
-    thresholds = np.asarray(thresholds, dtype=np.float64)
+        if len(gt_boxes) != n:
+            raise ValueError(f"masks has {len(gt_boxes)} masks for {n} saliency maps; pass one per image")
+        mask_hw = tuple(np.shape(masks)[-2:])
+        if mask_hw != (h, w):
+            raise ValueError(f"masks are {mask_hw} but the saliency maps are {(h, w)}; resize the masks "
+                             f"(nearest neighbour) to the maps' size")
+    else:
+        if isinstance(gt_boxes, (np.ndarray, torch.Tensor)) and np.ndim(gt_boxes) == 2:
+            raise TypeError("gt_boxes must be a list with one (B_i, 4) array per image, not one array")
+        gt_boxes = [_check_boxes(b, f"gt_boxes[{i}]", allow_empty=False) for i, b in enumerate(gt_boxes)]
+        if len(gt_boxes) != n:
+            raise ValueError(f"gt_boxes has {len(gt_boxes)} entries for {n} saliency maps; pass one per image")
     best_iou = np.zeros((len(thresholds), n))
     for i in range(n):
-        q = (maps[i] * 255).astype(np.uint8)
-        qmax = q.max()
-        cache = {}
-        for j, tau in enumerate(thresholds):
-            cut = int(tau * qmax)
-            if cut not in cache:
-                cache[cut] = box_iou(_component_boxes(q > cut), gt_boxes[i]).max()
-            best_iou[j, i] = cache[cut]
+        q = _quantize(maps[i])
+        cuts = (thresholds * int(q.max())).astype(np.int64)  # int(τ · max) as in cv2.threshold's call
+        for cut in np.unique(cuts):
+            best_iou[cuts == cut, i] = box_iou(_contour_boxes(q > cut), gt_boxes[i]).max()
     out = {}
     accs = []
-    for delta in iou_thresholds:
+    for delta in deltas:
         acc = (best_iou >= delta).mean(1)
         key = f"{int(round(delta * 100))}"
         out[f"iou@{key}"] = float(acc.max())

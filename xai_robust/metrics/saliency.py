@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attribution import resolve_target, restore_model
+from ..checks import check_count, check_finite, check_images, check_labels, check_model_input, check_number
+
 __all__ = [
     "ssim",
     "spearman",
@@ -37,6 +40,7 @@ _OUTPUTS = ("probability", "logit")
 # helpers
 # --------------------------------------------------------------------------------------------
 def _check_maps(maps, name="saliency", n=None, hw=None) -> torch.Tensor:
+    """Non-empty, finite ``(N, H, W)`` maps (matching ``n`` images of size ``hw``), as float32."""
     if not isinstance(maps, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, H, W), got {type(maps).__name__}")
     if maps.dim() != 3:
@@ -44,34 +48,56 @@ def _check_maps(maps, name="saliency", n=None, hw=None) -> torch.Tensor:
             f"{name} must have shape (N, H, W), got {tuple(maps.shape)}; reduce channels first with "
             "xai_robust.grouped.saliency_map(attribution)"
         )
+    if maps.shape[0] == 0 or maps.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(maps.shape)}): pass at least one (H, W) map")
     if n is not None and maps.shape[0] != n:
         raise ValueError(f"{name} has {maps.shape[0]} maps but there are {n} images")
     if hw is not None and tuple(maps.shape[1:]) != tuple(hw):
         raise ValueError(f"{name} maps are {tuple(maps.shape[1:])} but the images are {tuple(hw)}")
-    return maps.detach().float()
+    if maps.is_complex():
+        raise TypeError(f"{name} must hold real values, got dtype {maps.dtype}")
+    check_finite(maps, name)
+    out = maps.detach().float()
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{name} holds values beyond the float32 range; rescale the maps (e.g. divide by "
+                         f"their maximum absolute value)")
+    return out
 
 
-def _check_x(x) -> None:
-    from ..attribution import check_images
-
-    check_images(x)
+def _baseline(baseline, x: torch.Tensor) -> torch.Tensor:
+    """The replacement value of removed pixels, finite and broadcast to ``x``'s shape."""
+    if isinstance(baseline, (bool, int, float, np.generic)):
+        b = torch.tensor(check_number(baseline, "baseline"), dtype=x.dtype, device=x.device)
+    else:
+        try:
+            b = torch.as_tensor(baseline)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"baseline must be a number or a tensor broadcastable to x, "
+                            f"got {type(baseline).__name__}") from err
+        check_finite(b, "baseline")
+        b = b.to(dtype=x.dtype, device=x.device)
+        if not bool(torch.isfinite(b).all()):
+            raise ValueError(f"baseline holds values beyond the range of x's dtype {x.dtype}")
+    try:
+        return b.expand_as(x)
+    except RuntimeError as err:
+        raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to x of shape "
+                         f"{tuple(x.shape)}; pass a number or a tensor such as (1, C, 1, 1)") from err
 
 
 class _Evaluator:
-    """Scores of the explained class for batches of perturbed images, model left as found."""
+    """Scores of the explained class for batches of perturbed images, model left as found.
+
+    The caller has checked ``model`` and the images with :func:`xai_robust.checks.check_model_input`.
+    """
 
     def __init__(self, model: nn.Module, output: str, batch_size: int):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if output not in _OUTPUTS:
             raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.output, self.batch_size = model, output, int(batch_size)
+        self.batch_size = check_count(batch_size, "batch_size")
+        self.model, self.output = model, output
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        from ..attribution import restore_model
-
         with restore_model(self.model), torch.no_grad():
             self.model.eval()
             return torch.cat([self.model(x[i:i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)])
@@ -84,8 +110,6 @@ class _Evaluator:
 
 
 def _target(evaluator: _Evaluator, x, target) -> torch.Tensor:
-    from ..attribution import resolve_target
-
     return resolve_target(evaluator.logits(x), target)
 
 
@@ -93,9 +117,10 @@ def _ranking(saliency: torch.Tensor, order: str, seed: int) -> torch.Tensor:
     """Rank of every pixel (0 = removed first), ties broken at random (super-pixel maps tie a lot)."""
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' (most relevant first) or 'lerf' (least relevant first), got {order!r}")
+    seed = check_count(seed, "seed", minimum=0)
     n = saliency.shape[0]
     flat = saliency.reshape(n, -1)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     perm = torch.rand(flat.shape, generator=gen).argsort(1).to(flat.device)
     values = flat.gather(1, perm)
     idx = torch.sort(values, dim=1, descending=(order == "morf"), stable=True).indices
@@ -103,10 +128,6 @@ def _ranking(saliency: torch.Tensor, order: str, seed: int) -> torch.Tensor:
     rank = torch.empty_like(ordered)
     rank.scatter_(1, ordered, torch.arange(flat.shape[1], device=flat.device).expand(n, -1).contiguous())
     return rank
-
-
-def _baseline(baseline, x: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,7 +150,8 @@ def ssim(maps_a: torch.Tensor, maps_b: torch.Tensor, *, normalize: str = "minmax
         ``"minmax"`` (default) rescales each map to [0, 1] before comparing (``data_range=1``);
         a constant map becomes all zeros. ``"none"`` compares raw values with the joint value range.
     win_size : int, optional
-        Side of the (odd) SSIM window; default 7, or the largest odd size that fits small maps.
+        Side of the (odd, >= 3) SSIM window; default 7, or the largest odd size that fits small maps (maps
+        must be at least 3 × 3).
     gaussian_weights : bool
         Gaussian-weighted window (Wang et al.'s original) instead of scikit-image's uniform one.
 
@@ -150,12 +172,15 @@ def ssim(maps_a: torch.Tensor, maps_b: torch.Tensor, *, normalize: str = "minmax
     if normalize not in ("minmax", "none"):
         raise ValueError(f"normalize must be 'minmax' or 'none', got {normalize!r}")
     side = min(a.shape[1:])
+    if side < 3:
+        raise ValueError(f"maps_a and maps_b are {tuple(a.shape[1:])} maps; SSIM needs maps of at least 3 x 3")
     if win_size is None:
         win_size = min(7, side if side % 2 else side - 1)
-    if win_size < 3 or win_size % 2 == 0 or win_size > side:
+    win_size = check_count(win_size, "win_size", minimum=3)
+    if win_size % 2 == 0 or win_size > side:
         raise ValueError(f"win_size must be odd, >= 3 and <= the map side {side}, got {win_size}")
     out = []
-    for u, v in zip(a.cpu().double().numpy(), b.cpu().double().numpy()):
+    for u, v in zip(a.cpu().double().numpy(), b.cpu().double().numpy(), strict=True):
         if normalize == "minmax":
             u, v, rng = _minmax(u), _minmax(v), 1.0
         else:
@@ -168,12 +193,21 @@ def ssim(maps_a: torch.Tensor, maps_b: torch.Tensor, *, normalize: str = "minmax
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation between flattened maps, one value per pair (ties get average ranks).
 
-    A constant map has no ranking; its correlation is defined as 0 here.
+    A constant map has no ranking; its correlation is defined as 0 here. ``a`` and ``b`` are finite tensors
+    of the same shape ``(N, ...)``, N >= 1, at least one value per map.
     """
     from scipy.stats import rankdata
 
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (N, ...), got {type(t).__name__}")
+        if t.dim() < 2 or t.shape[0] == 0 or t.numel() == 0:
+            raise ValueError(f"{name} must have shape (N, ...) with N >= 1 maps of at least one value, "
+                             f"got {tuple(t.shape)}")
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    check_finite(a, "a")
+    check_finite(b, "b")
     ra = rankdata(a.detach().reshape(a.shape[0], -1).cpu().double().numpy(), axis=1)
     rb = rankdata(b.detach().reshape(b.shape[0], -1).cpu().double().numpy(), axis=1)
     ra -= ra.mean(1, keepdims=True)
@@ -214,22 +248,32 @@ def mege(explanations: torch.Tensor, folds: torch.Tensor, *, distance: str = "sp
     -----
     Gong et al. (BMVC 2024), Fig. 2 right (5 folds on CIFAR-10). Chapter 06.
     """
-    if not isinstance(explanations, torch.Tensor) or explanations.dim() < 3:
-        raise ValueError("explanations must be a tensor [k, N, ...] (k models, N samples)")
+    if not isinstance(explanations, torch.Tensor):
+        raise TypeError(f"explanations must be a tensor [k, N, ...] (k models, N samples), "
+                        f"got {type(explanations).__name__}")
+    if explanations.dim() < 3:
+        raise ValueError(f"explanations must be a tensor [k, N, ...] (k models, N samples), "
+                         f"got shape {tuple(explanations.shape)}")
     k, n = explanations.shape[:2]
     if k < 2:
         raise ValueError(f"MeGe needs k >= 2 models, got {k}")
-    folds = torch.as_tensor(folds).long().reshape(-1)
-    if folds.numel() != n:
-        raise ValueError(f"folds has {folds.numel()} entries but explanations has {n} samples")
+    if n == 0 or explanations.numel() == 0:
+        raise ValueError(f"explanations is empty (shape {tuple(explanations.shape)}): pass at least one sample")
+    check_finite(explanations, "explanations")
+    if not isinstance(folds, (torch.Tensor, np.ndarray)):
+        folds = torch.as_tensor(folds)
+    folds = check_labels(folds.reshape(-1), n, None, "folds")
     if int(folds.min()) < 0 or int(folds.max()) >= k:
-        raise ValueError(f"folds must hold fold indices 0..{k - 1} (model m did not see fold m)")
+        raise ValueError(f"folds must hold fold indices 0..{k - 1} (model m did not see fold m), got values in "
+                         f"[{int(folds.min())}, {int(folds.max())}]")
     if distance not in ("spearman", "l2"):
         raise ValueError(f"distance must be 'spearman' or 'l2', got {distance!r}")
     if correct is not None:
-        correct = torch.as_tensor(correct).bool()
+        correct = torch.as_tensor(correct)
+        check_finite(correct, "correct")
         if tuple(correct.shape) != (k, n):
             raise ValueError(f"correct must have shape (k, N) = {(k, n)}, got {tuple(correct.shape)}")
+        correct = correct.bool()
     e = explanations.detach().cpu().double().reshape(k, n, -1)
     idx = torch.arange(n)
     unseen = e[folds, idx]  # [N, D] the explanation of the model that did not see the sample
@@ -275,17 +319,18 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor
         Explained class; None = predicted on ``x``.
     mode : {"deletion", "insertion"}
     n_steps : int
-        Number of steps between 0 and all pixels.
+        Number of steps between 0 and all pixels (>= 1).
     order : {"morf", "lerf"}
         Most relevant first (the paper's setting) or least relevant first.
     baseline : float or torch.Tensor
-        Value of deleted pixels / the start image of insertion (default black, "a blank image").
+        Value of deleted pixels / the start image of insertion (default black, "a blank image"); finite,
+        a number or a tensor broadcastable to ``x``.
     output : {"probability", "logit"}
         Score tracked along the curve (the paper reports probabilities).
     batch_size : int
-        Images per forward pass.
+        Images per forward pass (>= 1).
     seed : int
-        Seed of the random tie-break between pixels of equal saliency.
+        Seed of the random tie-break between pixels of equal saliency (>= 0).
 
     Returns
     -------
@@ -294,19 +339,18 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor
     scores : torch.Tensor
         ``[N, n_steps + 1]``.
     """
-    _check_x(x)
+    check_model_input(model, x)
     n, c, h, w = x.shape
     sal = _check_maps(saliency, n=n, hw=(h, w)).to(x.device)
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    ev = _Evaluator(model, output, batch_size)
-    t = _target(ev, x, target)
-    rank = _ranking(sal, order, seed).view(n, 1, 1, h, w)
-    counts = torch.round(torch.arange(n_steps + 1, dtype=torch.float64) * (h * w) / n_steps).long().to(x.device)
+    n_steps = check_count(n_steps, "n_steps")
     base = _baseline(baseline, x)
-    per_chunk = max(1, batch_size // (n_steps + 1))  # images whose whole curve fits in one batch
+    ev = _Evaluator(model, output, batch_size)
+    rank = _ranking(sal, order, seed).view(n, 1, 1, h, w)
+    t = _target(ev, x, target)
+    counts = torch.round(torch.arange(n_steps + 1, dtype=torch.float64) * (h * w) / n_steps).long().to(x.device)
+    per_chunk = max(1, ev.batch_size // (n_steps + 1))  # images whose whole curve fits in one batch
     scores = []
     for i in range(0, n, per_chunk):
         sl = slice(i, i + per_chunk)
@@ -355,11 +399,11 @@ def mu_fidelity(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, targe
     model, x, saliency, target, baseline, output, batch_size
         As in :func:`perturbation_curve`.
     n_subsets : int
-        Number of random subsets per image.
+        Number of random subsets per image (>= 2).
     subset_size : float or int
-        Pixels per subset: a fraction of ``H W`` (float) or a count (int).
+        Pixels per subset: a fraction of ``H W`` in (0, 1] (float) or a count in [1, H W] (int).
     seed : int
-        Seed of the subsets.
+        Seed of the subsets (>= 0).
 
     Returns
     -------
@@ -370,23 +414,27 @@ def mu_fidelity(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, targe
     -----
     Gong et al. (BMVC 2024), Table 1 and Fig. 5 left. Chapter 06.
     """
-    _check_x(x)
+    check_model_input(model, x)
     n, c, h, w = x.shape
     sal = _check_maps(saliency, n=n, hw=(h, w)).to(x.device).double()
-    if n_subsets < 2:
-        raise ValueError(f"n_subsets must be >= 2 to compute a correlation, got {n_subsets}")
-    size = int(round(subset_size * h * w)) if isinstance(subset_size, float) else int(subset_size)
+    n_subsets = check_count(n_subsets, "n_subsets", minimum=2)  # a correlation needs two subsets
+    if isinstance(subset_size, (float, np.floating)):
+        frac = check_number(subset_size, "subset_size", low=0.0, high=1.0, low_open=True)
+        size = int(round(frac * h * w))
+    else:
+        size = check_count(subset_size, "subset_size", minimum=0)
     if not 1 <= size <= h * w:
         raise ValueError(f"subset_size gives {size} pixels; it must be between 1 and H*W={h * w}")
+    seed = check_count(seed, "seed", minimum=0)
+    base = _baseline(baseline, x)
     ev = _Evaluator(model, output, batch_size)
     t = _target(ev, x, target)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     chosen = torch.rand(n, n_subsets, h * w, generator=gen).argsort(2)[..., :size]
     mask = torch.zeros(n, n_subsets, h * w, dtype=torch.bool).scatter_(2, chosen, True).to(x.device)
     attributed = (mask.double() * sal.reshape(n, 1, h * w)).sum(2)  # [N, S]
     clean = ev.scores(x, t).double()
-    base = _baseline(baseline, x)
-    per_chunk = max(1, batch_size // n_subsets)
+    per_chunk = max(1, ev.batch_size // n_subsets)
     perturbed = []
     for i in range(0, n, per_chunk):
         sl = slice(i, i + per_chunk)
@@ -416,13 +464,13 @@ def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, *, noise: fl
     Parameters
     ----------
     x : torch.Tensor
-        ``[N, C, H, W]`` images.
+        ``[N, C, H, W]`` images (finite, at least one).
     removed : torch.Tensor
         ``BoolTensor[N, H, W]``: pixels to impute (not all pixels of an image).
     noise : float
-        Standard deviation of the added noise.
+        Standard deviation of the added noise (finite, >= 0).
     seed : int
-        Seed of the noise.
+        Seed of the noise (>= 0).
 
     Returns
     -------
@@ -432,14 +480,19 @@ def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, *, noise: fl
     from scipy.sparse import csr_matrix
     from scipy.sparse.linalg import spsolve
 
-    _check_x(x)
+    check_images(x)
     n, c, h, w = x.shape
-    if not isinstance(removed, torch.Tensor) or tuple(removed.shape) != (n, h, w):
-        raise ValueError(f"removed must be a BoolTensor of shape {(n, h, w)}")
+    if not isinstance(removed, torch.Tensor):
+        raise TypeError(f"removed must be a BoolTensor of shape {(n, h, w)}, got {type(removed).__name__}")
+    if tuple(removed.shape) != (n, h, w):
+        raise ValueError(f"removed must be a BoolTensor of shape {(n, h, w)}, got {tuple(removed.shape)}")
+    check_finite(removed, "removed")
+    noise = check_number(noise, "noise", low=0.0)
+    seed = check_count(seed, "seed", minimum=0)
     removed = removed.bool().cpu().numpy()
     if removed.reshape(n, -1).all(1).any():
         raise ValueError("removed covers a whole image: nothing is left to impute from; remove fewer pixels")
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(seed)
     arr = x.detach().cpu().double().numpy().copy()
     ii, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     for k in range(n):
@@ -493,13 +546,13 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target=None,
     target : None, int or LongTensor[N]
         Class counted as correct (e.g. the labels); None = the prediction on ``x``.
     fractions : sequence of float
-        Removed fractions, each in [0, 1).
+        Removed fractions, each in [0, 1) (at least one).
     order : {"morf", "lerf"}
         Most or least relevant first.
     noise : float
-        Standard deviation of the imputation noise.
+        Standard deviation of the imputation noise (finite, >= 0).
     seed : int
-        Seed of the tie-break and the noise.
+        Seed of the tie-break and the noise (>= 0).
 
     Returns
     -------
@@ -510,12 +563,16 @@ def road(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target=None,
     -----
     Gong et al. (BMVC 2024), Fig. 5 middle. Chapter 06.
     """
-    _check_x(x)
+    check_model_input(model, x)
     n, c, h, w = x.shape
     sal = _check_maps(saliency, n=n, hw=(h, w))
-    fr = [float(f) for f in fractions]
-    if not fr or any(not 0.0 <= f < 1.0 for f in fr):
-        raise ValueError(f"fractions must be in [0, 1), got {fractions}")
+    if isinstance(fractions, (int, float, torch.Tensor, np.ndarray)) and np.ndim(fractions) == 0:
+        fractions = [fractions]
+    fr = [check_number(f, "fractions", low=0.0, high=1.0, high_open=True) for f in np.ravel(fractions)]
+    if not fr:
+        raise ValueError("fractions is empty: pass at least one removed fraction in [0, 1)")
+    noise = check_number(noise, "noise", low=0.0)
+    seed = check_count(seed, "seed", minimum=0)
     ev = _Evaluator(model, "logit", batch_size)
     t = _target(ev, x, target)
     rank = _ranking(sal, order, seed).view(n, h, w).cpu()
