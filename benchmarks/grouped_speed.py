@@ -25,7 +25,6 @@ from xai_robust.attribution import input_gradient
 from xai_robust.grouped import grouped_gradient, segment_average
 from xai_robust.superpixels import segment
 
-
 # On a CPU the process clock (CPU seconds of all threads) is used: on a shared, loaded machine it
 # measures the work done rather than the time spent waiting for a core. On a GPU, wall-clock time.
 CLOCK = time.perf_counter

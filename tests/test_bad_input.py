@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from xai_robust import attribution, checks, cluster, data, isnet, losses, lrp, metrics, models, sca, train
+from xai_robust import attribution, checks, cluster, data, isnet, losses, lrp, metrics, sca, train
 
 
 def _model(seed=0):

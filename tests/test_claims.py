@@ -3,6 +3,7 @@
 `make test` executes every chapter (profile ci) before running this file. A claim that does not hold at
 our scale fails here and is reported in the chapter's text, never hidden.
 """
+import itertools
 import json
 import os
 from pathlib import Path
@@ -169,7 +170,7 @@ def test_02_epsilon_absorbs_relevance_and_zplus_is_positive():
     # between two small ε the change is below float32 noise (1e-5 relative; it went either way over seeds 0-2):
     # each step may not grow the total by more than 0.1 %, and ε = 10 must absorb at least half of it
     tol = 1e-3 * abs(totals[0])
-    assert all(b <= a + tol for a, b in zip(totals, totals[1:])), totals
+    assert all(b <= a + tol for a, b in itertools.pairwise(totals)), totals
     assert totals[-1] <= 0.5 * totals[0], totals
     assert r["zplus_min"] >= 0.0, r["zplus_min"]
 

@@ -5,7 +5,6 @@ and planted (class x attribute) groups.
 """
 import numpy as np
 import pytest
-import scipy.sparse
 import torch
 from scipy.sparse.csgraph import laplacian
 from sklearn.datasets import make_blobs
@@ -190,7 +189,7 @@ def test_heatmap_representations_with_any_attribution_and_model_restored():
     with pytest.raises(RuntimeError, match="boom"):
         cluster.heatmap_representations(model, x, attribution=broken, progress=False)
     assert model.training
-    assert all(torch.equal(p, q) for p, q in zip(params, model.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(params, model.parameters(), strict=True))
     with pytest.raises(ValueError, match="expected the input"):
         cluster.heatmap_representations(model, x, attribution=lambda m, x, t: x[:, :1], progress=False)
 

@@ -1,9 +1,8 @@
 """Grouped (super-pixel) gradients against captum and hand-made partitions (chapter 06)."""
 import pytest
 import torch
-from torch import nn
-
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+from torch import nn
 
 from xai_robust import grouped, superpixels
 

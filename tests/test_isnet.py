@@ -338,7 +338,7 @@ def test_fit_checkpoint_cache(tmp_path, monkeypatch):
     files = list((tmp_path / "isnet").glob("*.pt"))
     assert len(files) == 1
     again = isnet.fit(tiny_cnn(k=2), (x, y, m), variant="rrr", epochs=1, lr=1e-2, progress=False)
-    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     files[0].write_bytes(b"corrupt\n" + b"x" * 10)  # a corrupt checkpoint is retrained, not loaded
     third = isnet.fit(tiny_cnn(k=2), (x, y, m), variant="rrr", epochs=1, lr=1e-2, progress=False)

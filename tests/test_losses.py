@@ -51,7 +51,7 @@ def _hand_background(d, E):
     fg_mean = (2.0 + 1.0) / 2                         # step 2
     bg = sorted([0.5 / fg_mean, 4.0 / fg_mean], reverse=True) + [0.0, 0.0]  # step 3 (fg zeroed)
     w = [d ** i for i in range(4)]
-    score = sum(v * wi for v, wi in zip(bg, w)) / sum(w)  # step 4
+    score = sum(v * wi for v, wi in zip(bg, w, strict=True)) / sum(w)  # step 4
     f = score / (score + E)                              # step 5
     return -math.log(1 - f)                              # step 6
 

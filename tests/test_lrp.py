@@ -5,6 +5,7 @@ Float64, random weights, small inputs so the whole file runs in seconds.
 from __future__ import annotations
 
 import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -362,7 +363,7 @@ def _heat(model, names, ps, x, target, options):
     saved = {n: p for n, p in model.named_parameters()}
     mods = dict(model.named_modules())
     try:
-        for n, p in zip(names, ps):
+        for n, p in zip(names, ps, strict=True):
             mod, attr = n.rsplit(".", 1)
             delattr(mods[mod], attr)
             setattr(mods[mod], attr, p)
@@ -382,7 +383,7 @@ def test_returned_logits_backpropagate_true_gradients():
     _, logits = lrp_flex(model, x, y, create_graph=True, return_logits=True)
     got = torch.autograd.grad(F.cross_entropy(logits, y), list(model.parameters()))
     want = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
-    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-14) for a, b in zip(got, want))
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-14) for a, b in zip(got, want, strict=True))
 
 
 # ---------------------------------------------------------------- batch independence and restoration
@@ -395,7 +396,7 @@ def test_batchnorm_train_mode_heatmaps_are_batch_independent():
     batch = lrp_flex(model, x, torch.tensor([0, 1, 2, 3]))
     alone = lrp_flex(model, x[:1], torch.tensor([0]))
     assert torch.allclose(batch[:1], alone, rtol=1e-12, atol=1e-15)
-    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))  # running stats not updated
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers(), strict=True))  # running stats not updated
     _assert_untouched(model, snap)
     assert model.training and model[1].training
     coupled = lrp_flex(model, x, torch.tensor([0, 1, 2, 3]), batchnorm="batch")

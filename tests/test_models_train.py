@@ -2,7 +2,6 @@
 import pytest
 import torch
 from captum.attr import InputXGradient
-from torch import nn
 
 import xai_robust
 from xai_robust import attribution, data, models, train

@@ -1,10 +1,10 @@
 """Repository hygiene: dependencies agree, the toc lists what exists, notebooks are committed clean."""
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

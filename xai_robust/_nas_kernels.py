@@ -13,7 +13,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-
 # fastmath: FMA contraction and re-associated sums (vectorised reductions); no assumptions about NaN or infinity.
 # The results agree with the PyTorch path up to float rounding (identical labels in the float64 tests).
 _JIT = dict(cache=True, fastmath={"contract", "reassoc"})

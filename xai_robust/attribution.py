@@ -8,7 +8,7 @@ what a shortcut model attends to; chapter 02 shows it is LRP-0 for ReLU networks
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

@@ -38,7 +38,8 @@ Implementation notes (see the chapter for the reasoning):
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple, Union
+from collections.abc import Callable
+from typing import Union
 
 import numpy as np
 import scipy.linalg
@@ -69,7 +70,7 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 # ---------------------------------------------------------------------------------------------
 # stage 1: heatmap representations
 # ---------------------------------------------------------------------------------------------
-def normalize_heatmaps(heatmaps: torch.Tensor, size: Optional[Union[int, Tuple[int, int]]] = None) -> torch.Tensor:
+def normalize_heatmaps(heatmaps: torch.Tensor, size: int | tuple[int, int] | None = None) -> torch.Tensor:
     """Turn heatmaps into ExMap's clustering representation.
 
     Signed heatmaps (channels kept) are optionally resized bilinearly to ``size``, flattened,
@@ -118,7 +119,7 @@ def heatmap_representations(
     model: torch.nn.Module,
     x,
     *,
-    attribution: Optional[Attribution] = None,
+    attribution: Attribution | None = None,
     target=None,
     size=None,
     batch_size: int = 128,
@@ -245,7 +246,7 @@ def _check_features(features: ArrayLike, name: str = "representations") -> np.nd
     return f
 
 
-def _reduce(features: np.ndarray, pca: Optional[int], seed: int) -> np.ndarray:
+def _reduce(features: np.ndarray, pca: int | None, seed: int) -> np.ndarray:
     """Project on the leading ``pca`` principal components (fitted on at most 5,000 rows) when D > pca."""
     if pca is None or features.shape[1] <= pca:
         return features
@@ -270,7 +271,7 @@ def _reduce(features: np.ndarray, pca: Optional[int], seed: int) -> np.ndarray:
     return ((x.double() - mean) @ v).float().numpy()
 
 
-def knn_affinity(features: ArrayLike, n_neighbors: Optional[int] = None) -> scipy.sparse.csr_matrix:
+def knn_affinity(features: ArrayLike, n_neighbors: int | None = None) -> scipy.sparse.csr_matrix:
     """Symmetrised k-nearest-neighbour connectivity graph ``(A + A^T) / 2`` (ExMap, Sec. 4.2).
 
     Same graph as ``sklearn.cluster.SpectralClustering(affinity="nearest_neighbors")``;
@@ -373,7 +374,7 @@ def _check_max_k(max_k, n):
         )
 
 
-def eigengap(affinity_or_features, max_k: int = 10, *, n_neighbors: Optional[int] = None, pca: Optional[int] = None,
+def eigengap(affinity_or_features, max_k: int = 10, *, n_neighbors: int | None = None, pca: int | None = None,
              seed: int = 0) -> int:
     """Number of clusters from the eigengap of the normalized Laplacian (ExMap, Sec. 5 "Setup").
 
@@ -419,8 +420,8 @@ def cluster_qr(vectors: np.ndarray) -> np.ndarray:
     return np.abs(vectors @ (ut @ v.conj())).argmax(axis=1)
 
 
-def spectral_clustering(features: ArrayLike, k: Optional[int] = None, *, max_k: int = 10,
-                        n_neighbors: Optional[int] = None, pca: Optional[int] = None, seed: int = 0) -> Tuple[np.ndarray, int]:
+def spectral_clustering(features: ArrayLike, k: int | None = None, *, max_k: int = 10,
+                        n_neighbors: int | None = None, pca: int | None = None, seed: int = 0) -> tuple[np.ndarray, int]:
     """Spectral clustering with a k-NN affinity, eigengap choice of k and cluster-QR (ExMap, Sec. 4.2).
 
     Parameters
@@ -465,8 +466,8 @@ def spectral_clustering(features: ArrayLike, k: Optional[int] = None, *, max_k: 
     return cluster_qr(emb).astype(np.int64), int(k)
 
 
-def kmeans(features: ArrayLike, k: Optional[int] = None, *, max_k: int = 10, n_neighbors: Optional[int] = None,
-           pca: Optional[int] = None, seed: int = 0) -> Tuple[np.ndarray, int]:
+def kmeans(features: ArrayLike, k: int | None = None, *, max_k: int = 10, n_neighbors: int | None = None,
+           pca: int | None = None, seed: int = 0) -> tuple[np.ndarray, int]:
     """k-means with 10 restarts (ExMap, Sec. 6.3 / Table 5). Chapter 04.
 
     ``k=None`` chooses k with the same eigengap heuristic as :func:`spectral_clustering`
@@ -493,8 +494,8 @@ def kmeans(features: ArrayLike, k: Optional[int] = None, *, max_k: int = 10, n_n
 
 
 def pseudo_groups(representations: ArrayLike, y: ArrayLike, *, method: str = "spectral", scope: str = "global",
-                  k: Optional[int] = None, seed: int = 0, max_k: int = 10, n_neighbors: Optional[int] = None,
-                  pca: Optional[int] = None, return_k: bool = False):
+                  k: int | None = None, seed: int = 0, max_k: int = 10, n_neighbors: int | None = None,
+                  pca: int | None = None, return_k: bool = False):
     """Pseudo group labels :math:`\\hat G = L \\times \\hat A` from clustered representations (ExMap, Alg. 1, Sec. 4.2).
 
     Global ExMap (G-ExMap, the paper's default) clusters all representations at once and splits

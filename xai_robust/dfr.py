@@ -22,7 +22,7 @@ This module takes tensors (embeddings, predictions); it does not train networks 
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -178,7 +178,7 @@ class DFR:
                 scores[c] += _worst_group(model.predict(xt), yy[te], gg[te]) / self.n_tune_splits
         return scores
 
-    def fit(self, embeddings, y, groups, *, c: Optional[float] = None) -> "DFR":
+    def fit(self, embeddings, y, groups, *, c: float | None = None) -> DFR:
         """Tune ``C`` (unless given) and fit the averaged last layer on validation data.
 
         Parameters
@@ -298,7 +298,7 @@ def jtt_weights(pred, y, *, upweight: float = 20.0) -> torch.Tensor:
 
 def jtt(make_model: Callable[[], torch.nn.Module], train_set, val_images, val_y, val_groups, *,
         identification_model: torch.nn.Module, upweights: Sequence[float] = (20.0,), epochs: int, lr: float,
-        fit: Optional[Callable] = None, predict: Optional[Callable] = None, seed: int = 0, **fit_kwargs):
+        fit: Callable | None = None, predict: Callable | None = None, seed: int = 0, **fit_kwargs):
     """Just Train Twice with model selection by validation worst-(pseudo-)group accuracy (ExMap, Table 6).
 
     Collects the error set of ``identification_model`` (ERM stopped at epoch T) on ``train_set``,

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -445,6 +445,7 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
         The trained model (in eval mode). ``model.isnet_history`` holds per-epoch mean losses.
     """
     from tqdm.auto import tqdm
+
     from . import cache_dir
     from .cache import config_hash, content_digest, load_verified, save_verified, state_digest
 

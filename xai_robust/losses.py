@@ -17,7 +17,7 @@ The book explains every piece in chapter 03 (*Faster ISNet*).
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -359,7 +359,7 @@ class Welford:
         self.mean = 0.0
         self._m2 = 0.0
 
-    def update(self, values) -> "Welford":
+    def update(self, values) -> Welford:
         """Add a batch of values (any shape; flattened). Non-finite values raise ``ValueError``."""
         if isinstance(values, torch.Tensor):
             v = values.detach().double().flatten().cpu()

@@ -51,10 +51,9 @@ the gradient of a heatmap loss is the exact gradient of these heatmaps (tested a
 """
 from __future__ import annotations
 
-import math
-
 import contextlib
-from typing import Iterator
+import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -643,14 +642,14 @@ def lrp_flex(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float =
                                         allow_unused=True)
         finally:
             state.switch.active = False
-        grads = [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
+        grads = [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads, strict=True)]
         heatmap = xg * grads[0]
         k = 1
         if state.bound_leaves is not None:
             low, high = state.bound_leaves
             heatmap = heatmap + low * grads[1] + high * grads[2]
             k = 3
-        relevances = {n: state.captured[n] * g for n, g in zip(names, grads[k:])}
+        relevances = {n: state.captured[n] * g for n, g in zip(names, grads[k:], strict=True)}
     if not create_graph:
         heatmap = heatmap.detach()
         relevances = {n: r.detach() for n, r in relevances.items()}

@@ -33,7 +33,7 @@ out NaN/inf are refused. The model is left exactly as found, per submodule, even
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -133,7 +133,7 @@ def layer_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) 
 def _finite_activations(model, x, layers) -> list[torch.Tensor]:
     """:func:`layer_activations`, refusing NaN/inf activations (they would turn every NAS feature into NaN)."""
     acts = layer_activations(model, x, layers)
-    for name, a in zip(layers, acts):
+    for name, a in zip(layers, acts, strict=True):
         if not bool(torch.isfinite(a).all()):
             raise ValueError(f"layers: the output of module {name!r} holds NaN or inf for this (finite) x; the model "
                              f"overflows (e.g. in float16: run it in float32) and NAS cannot cluster it")
@@ -347,7 +347,7 @@ class _LowRes:
         """``scale · x_p·μ_k`` (N, K, P), plus ``add`` (N, K) if given: project the low-resolution maps on μ and
         upsample the K projections."""
         out = None
-        for (a, uy, ux, s), mu in zip(self.blocks, centers.split(self.splits, dim=2)):
+        for (a, uy, ux, s), mu in zip(self.blocks, centers.split(self.splits, dim=2), strict=True):
             n, c, h, w = a.shape
             proj = ((mu * scale) @ a.reshape(n, c, h * w)).reshape(n, -1, h, w)  # fresh tensor
             up = proj if uy is None else uy @ proj @ ux.T
@@ -384,7 +384,7 @@ class _LowRes:
         rows = torch.cat([img * k + new, img * k + old])  # (2M,) index of (image, cluster)
         ii, jj, pp = torch.cat([i, i]), torch.cat([j, j]), torch.cat([pix, pix])
         sums = []
-        for (a, uy, ux, s), (cols, weights) in zip(self.blocks, self.taps):
+        for (a, uy, ux, s), (cols, weights) in zip(self.blocks, self.taps, strict=True):
             _, c, h, w = a.shape
             sv = s.reshape(-1).index_select(0, flat)
             sv = torch.cat([sv, -sv])
@@ -922,7 +922,7 @@ class ClassClustering:
         n, d, h, w = f.shape
         return f.permute(0, 2, 3, 1).reshape(-1, d), (n, h, w)
 
-    def fit(self, x: torch.Tensor) -> "ClassClustering":
+    def fit(self, x: torch.Tensor) -> ClassClustering:
         """Cluster the pixels of ``x`` (images of one class) with Ward and fit the kNN labeller."""
         from sklearn.cluster import AgglomerativeClustering
         from sklearn.neighbors import KNeighborsClassifier

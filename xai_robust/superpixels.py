@@ -54,7 +54,7 @@ _DEFAULTS = {
     "watershed": {"n_segments": 100, "compactness": 0.01},
 }
 
-_MEMORY_CACHE: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+_MEMORY_CACHE: OrderedDict[str, torch.Tensor] = OrderedDict()
 _MEMORY_CACHE_SIZE = 32
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cache_dir, device as default_device, seed_everything
+from . import cache_dir
+from . import device as default_device
 from .cache import config_hash, load_verified, save_verified, state_digest
 from .checks import check_count, check_images, check_model_input, check_training_data
 from .data.base import SampleDataset

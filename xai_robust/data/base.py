@@ -6,8 +6,8 @@ Indexing gives the sample dict ``{"image", "label", "group", "mask"?, "spurious"
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -67,8 +67,8 @@ class LazyImages:
         return (len(self.paths), 3, self.size, self.size)
 
     def _load(self, i: int) -> torch.Tensor:
-        from PIL import Image
         import numpy as np
+        from PIL import Image
 
         with Image.open(self.paths[i]) as img:
             img = img.convert("RGB")
@@ -151,7 +151,7 @@ class SampleDataset(Dataset):
             sample["spurious"] = self.spurious[index]
         return sample
 
-    def subset(self, indices) -> "SampleDataset":
+    def subset(self, indices) -> SampleDataset:
         """A new dataset holding the samples at ``indices`` (group names kept)."""
         idx = torch.as_tensor(indices).long().reshape(-1)
         images = self.images[idx] if isinstance(self.images, torch.Tensor) else \
@@ -178,7 +178,7 @@ class SampleDataset(Dataset):
 
     def __repr__(self) -> str:
         shape = tuple(self.images.shape[1:])
-        counts = ", ".join(f"{n}: {int(c)}" for n, c in zip(self.group_names, self.group_counts()))
+        counts = ", ".join(f"{n}: {int(c)}" for n, c in zip(self.group_names, self.group_counts(), strict=True))
         return f"SampleDataset({self.name!r}, n={len(self)}, image={shape}, groups={{{counts}}})"
 
     def show(self, n: int = 16, *, indices=None, ncols: int = 8, title: str | None = None):

@@ -70,8 +70,8 @@ def _read_table(path_txt: Path, path_csv: Path):
     lines = path_txt.read_text().splitlines()
     if path_txt.name.startswith("list_attr"):
         header = lines[1].split()
-        return [dict(zip(["image_id"] + header, line.split())) for line in lines[2:] if line.strip()]
-    return [dict(zip(["image_id", "partition"], line.split())) for line in lines if line.strip()]
+        return [dict(zip(["image_id"] + header, line.split(), strict=True)) for line in lines[2:] if line.strip()]
+    return [dict(zip(["image_id", "partition"], line.split(), strict=True)) for line in lines if line.strip()]
 
 
 def celeba(split: str, *, root, size: int = 224, target: str = "Blond_Hair", attribute: str = "Male") -> SampleDataset:
