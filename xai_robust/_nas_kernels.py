@@ -27,8 +27,8 @@ _JIT = dict(cache=True, fastmath={"contract", "reassoc"})
 def _project(mu, acts_c, a_off, d_off, p_off, y_off, x_off, ident, ux_t, mu_sq, proj, q):
     """Centroids (K, D) -> ``‖μ_k‖²`` (K,), ``proj_l = −2 μ_l a_l`` and its x-upsampling ``q_l = proj_l U_xᵀ``.
 
-    ``acts_c`` holds each layer's activations channel-major (c_l × h_l w_l) at ``a_off[l]``; a layer with
-    ``ident[l]`` is at the output resolution (no upsampling)."""
+    ``acts_c`` holds each layer's activations channel-major (c_l × h_l w_l) at ``a_off[li]``; a layer with
+    ``ident[li]`` is at the output resolution (no upsampling)."""
     K = mu.shape[0]
     L = x_off.shape[0] - 1
     W = ux_t.shape[1]
@@ -37,19 +37,19 @@ def _project(mu, acts_c, a_off, d_off, p_off, y_off, x_off, ident, ux_t, mu_sq, 
         for d in range(mu.shape[1]):
             s += mu[k, d] * mu[k, d]
         mu_sq[k] = s
-    for l in range(L):
-        nc = d_off[l + 1] - d_off[l]
-        hw = p_off[l + 1] - p_off[l]
-        h = y_off[l + 1] - y_off[l]
-        w = x_off[l + 1] - x_off[l]
-        pl = proj[K * p_off[l]:K * p_off[l + 1]].reshape(K, hw)
-        m = np.ascontiguousarray(mu[:, d_off[l]:d_off[l + 1]]) * -2
-        np.dot(m, acts_c[a_off[l]:a_off[l] + nc * hw].reshape(nc, hw), pl)
-        ql = q[K * y_off[l] * W:K * y_off[l + 1] * W].reshape(K * h, W)
-        if ident[l]:
+    for li in range(L):
+        nc = d_off[li + 1] - d_off[li]
+        hw = p_off[li + 1] - p_off[li]
+        h = y_off[li + 1] - y_off[li]
+        w = x_off[li + 1] - x_off[li]
+        pl = proj[K * p_off[li]:K * p_off[li + 1]].reshape(K, hw)
+        m = np.ascontiguousarray(mu[:, d_off[li]:d_off[li + 1]]) * -2
+        np.dot(m, acts_c[a_off[li]:a_off[li] + nc * hw].reshape(nc, hw), pl)
+        ql = q[K * y_off[li] * W:K * y_off[li + 1] * W].reshape(K * h, W)
+        if ident[li]:
             ql[:, :] = pl.reshape(K * h, W)
         else:
-            np.dot(pl.reshape(K * h, w), ux_t[x_off[l]:x_off[l + 1]], ql)
+            np.dot(pl.reshape(K * h, w), ux_t[x_off[li]:x_off[li + 1]], ql)
 
 
 @numba.njit(**_JIT)
@@ -63,16 +63,16 @@ def _row_scores(i, q, mu_sq, y_tap, y_w, y_off, scale_n, score):
     for k in range(K):
         sr = score[k]
         sr[:] = mu_sq[k]
-        for l in range(L):
-            h = y_off[l + 1] - y_off[l]
-            base = K * y_off[l] * W + k * h * W
-            t0, t1, t2, t3 = y_tap[i, l, 0], y_tap[i, l, 1], y_tap[i, l, 2], y_tap[i, l, 3]
+        for li in range(L):
+            h = y_off[li + 1] - y_off[li]
+            base = K * y_off[li] * W + k * h * W
+            t0, t1, t2, t3 = y_tap[i, li, 0], y_tap[i, li, 1], y_tap[i, li, 2], y_tap[i, li, 3]
             q0 = q[base + t0 * W:base + t0 * W + W]
             q1 = q[base + t1 * W:base + t1 * W + W]
             q2 = q[base + t2 * W:base + t2 * W + W]
             q3 = q[base + t3 * W:base + t3 * W + W]
-            w0, w1, w2, w3 = y_w[i, l, 0], y_w[i, l, 1], y_w[i, l, 2], y_w[i, l, 3]
-            sc = scale_n[l, i]
+            w0, w1, w2, w3 = y_w[i, li, 0], y_w[i, li, 1], y_w[i, li, 2], y_w[i, li, 3]
+            sc = scale_n[li, i]
             for j in range(W):
                 sr[j] += sc[j] * (w0 * q0[j] + w1 * q1[j] + w2 * q2[j] + w3 * q3[j])
 
@@ -80,23 +80,23 @@ def _row_scores(i, q, mu_sq, y_tap, y_w, y_off, scale_n, score):
 @numba.njit(**_JIT)
 def _pixel_feature(pix, acts_n, a_off, d_off, y_tap, y_w, x_off, x_tap, x_w, scale_n, out):
     """The feature ``x_p = concat_l s_{l,p} (U_l a_l)_p`` (D,) of output pixel ``pix`` (flat index), from its
-    interpolation taps. ``acts_n`` holds each layer's activations pixel-major (h_l w_l × c_l) at ``a_off[l]``."""
+    interpolation taps. ``acts_n`` holds each layer's activations pixel-major (h_l w_l × c_l) at ``a_off[li]``."""
     W = x_tap.shape[0]
     L = x_off.shape[0] - 1
     i = pix // W
     j = pix - i * W
     out[:] = 0.0
-    for l in range(L):
-        w = x_off[l + 1] - x_off[l]
-        nc = d_off[l + 1] - d_off[l]
-        sl = scale_n[l, i, j]
-        orow = out[d_off[l]:d_off[l + 1]]
+    for li in range(L):
+        w = x_off[li + 1] - x_off[li]
+        nc = d_off[li + 1] - d_off[li]
+        sl = scale_n[li, i, j]
+        orow = out[d_off[li]:d_off[li + 1]]
         for ty in range(y_tap.shape[2]):
             for tx in range(x_tap.shape[2]):
-                g = sl * y_w[i, l, ty] * x_w[j, l, tx]
+                g = sl * y_w[i, li, ty] * x_w[j, li, tx]
                 if g != 0.0:
-                    p = y_tap[i, l, ty] * w + x_tap[j, l, tx]
-                    ar = acts_n[a_off[l] + p * nc:a_off[l] + (p + 1) * nc]
+                    p = y_tap[i, li, ty] * w + x_tap[j, li, tx]
+                    ar = acts_n[a_off[li] + p * nc:a_off[li] + (p + 1) * nc]
                     for ch in range(nc):
                         orow[ch] += g * ar[ch]
 
@@ -122,7 +122,7 @@ def lloyd_images(acts_c, acts_t, a_off, d_off, p_off, centers0, sq_norm, thresho
     Parameters (A = Σ_l c_l h_l w_l, D = Σ_l c_l, P = Σ_l h_l w_l, Y = Σ_l h_l, C = Σ_l w_l; output H × W)
     ----------
     acts_c, acts_t : (N, A)
-        Each layer's activations, channel-major (c_l × h_l w_l) and pixel-major (h_l w_l × c_l), at ``a_off[l]``.
+        Each layer's activations, channel-major (c_l × h_l w_l) and pixel-major (h_l w_l × c_l), at ``a_off[li]``.
     a_off, d_off, p_off : (L + 1,) int64
         Each layer's range in ``acts_c``, among the D feature channels and among the P low-resolution pixels.
     centers0 : (N, K, D)
@@ -197,14 +197,14 @@ def lloyd_images(acts_c, acts_t, a_off, d_off, p_off, centers0, sq_norm, thresho
                         counts[kb] += 1.0
                         if old >= 0:
                             counts[old] -= 1.0
-                        for l in range(L):
-                            sl = scale[n, l, i, j]
-                            w = x_off[l + 1] - x_off[l]
-                            blk = K * H * x_off[l]
+                        for li in range(L):
+                            sl = scale[n, li, i, j]
+                            w = x_off[li + 1] - x_off[li]
+                            blk = K * H * x_off[li]
                             for t in range(x_tap.shape[2]):
-                                g = sl * x_w[j, l, t]
+                                g = sl * x_w[j, li, t]
                                 if g != 0.0:
-                                    c = x_tap[j, l, t]
+                                    c = x_tap[j, li, t]
                                     row_sums[blk + (kb * H + i) * w + c] += g
                                     if old >= 0:
                                         row_sums[blk + (old * H + i) * w + c] -= g
@@ -221,21 +221,21 @@ def lloyd_images(acts_c, acts_t, a_off, d_off, p_off, centers0, sq_norm, thresho
                 n_iter[n] = it + 1
                 break
             # 4. centroid update: adjoint of the y-upsampling (low-resolution masks), then the cluster sums
-            for l in range(L):
-                h = y_off[l + 1] - y_off[l]
-                w = x_off[l + 1] - x_off[l]
-                nc = d_off[l + 1] - d_off[l]
-                hw = p_off[l + 1] - p_off[l]
-                rs = row_sums[K * H * x_off[l]:K * H * x_off[l + 1]]
-                lw = low[K * p_off[l]:K * p_off[l + 1]]
+            for li in range(L):
+                h = y_off[li + 1] - y_off[li]
+                w = x_off[li + 1] - x_off[li]
+                nc = d_off[li + 1] - d_off[li]
+                hw = p_off[li + 1] - p_off[li]
+                rs = row_sums[K * H * x_off[li]:K * H * x_off[li + 1]]
+                lw = low[K * p_off[li]:K * p_off[li + 1]]
                 for k in range(K):
-                    if ident[l]:
+                    if ident[li]:
                         lw[k * hw:(k + 1) * hw] = rs[k * H * w:(k + 1) * H * w]
                     else:
-                        np.dot(uy_t[y_off[l]:y_off[l + 1]], rs[k * H * w:(k + 1) * H * w].reshape(H, w),
+                        np.dot(uy_t[y_off[li]:y_off[li + 1]], rs[k * H * w:(k + 1) * H * w].reshape(H, w),
                                lw[k * hw:(k + 1) * hw].reshape(h, w))
-                new_mu[:, d_off[l]:d_off[l + 1]] = np.dot(lw.reshape(K, hw),
-                                                          acts_t[n, a_off[l]:a_off[l] + nc * hw].reshape(hw, nc))
+                new_mu[:, d_off[li]:d_off[li + 1]] = np.dot(lw.reshape(K, hw),
+                                                          acts_t[n, a_off[li]:a_off[li] + nc * hw].reshape(hw, nc))
             shift = 0.0
             for k in range(K):
                 for d in range(D):

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["check_images", "check_model_input", "check_dtype", "output_size", "check_training_data", "check_finite", "check_number", "check_count", "check_labels"]
+__all__ = ["check_images", "check_model_input", "check_dtype", "output_size", "check_training_data", "check_finite",
+           "check_number", "check_count", "check_labels"]
 
 
 def check_images(x, name: str = "x", *, channels=None) -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Union
 
 import numpy as np
 import scipy.linalg
@@ -64,7 +63,7 @@ __all__ = [
 ]
 
 Attribution = Callable[..., torch.Tensor]
-ArrayLike = Union[torch.Tensor, np.ndarray]
+ArrayLike = torch.Tensor | np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +420,8 @@ def cluster_qr(vectors: np.ndarray) -> np.ndarray:
 
 
 def spectral_clustering(features: ArrayLike, k: int | None = None, *, max_k: int = 10,
-                        n_neighbors: int | None = None, pca: int | None = None, seed: int = 0) -> tuple[np.ndarray, int]:
+                        n_neighbors: int | None = None, pca: int | None = None,
+                        seed: int = 0) -> tuple[np.ndarray, int]:
     """Spectral clustering with a k-NN affinity, eigengap choice of k and cluster-QR (ExMap, Sec. 4.2).
 
     Parameters
@@ -548,7 +548,8 @@ def pseudo_groups(representations: ArrayLike, y: ArrayLike, *, method: str = "sp
         for c in classes:
             idx = np.flatnonzero(yy == c)
             if k is not None and len(idx) < k:
-                raise ValueError(f"class {c} has {len(idx)} samples, fewer than k={k} clusters; lower k or use scope='global'")
+                raise ValueError(f"class {c} has {len(idx)} samples, fewer than k={k} clusters; lower k or use "
+                                 "scope='global'")
             lab, kc = run(f[idx], k, **opts)
             clusters[idx] = lab
             k_used.append(kc)

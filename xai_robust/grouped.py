@@ -279,7 +279,8 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, *, n_samples: int
     return grads.view(n_samples, *x.shape).mean(0)
 
 
-def grouped_smoothgrad(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, target=None, **kwargs) -> torch.Tensor:
+def grouped_smoothgrad(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, target=None,
+                       **kwargs) -> torch.Tensor:
     """Grouped SmoothGrad: SmoothGrad averaged over the segments of the clean image.
 
     The partition is computed once on the original image and kept fixed for every noisy copy, as in

@@ -379,7 +379,7 @@ def estimate_ranges(model: nn.Module, data, *, variant: str, layers: list[str] |
     n = len(data[0]) if isinstance(data, (tuple, list)) else len(data)
     with restore_model(model):
         model.eval()
-        for x, y, m in tqdm(_batches(data, batch_size), total=math.ceil(n / batch_size),
+        for x, _y, _m in tqdm(_batches(data, batch_size), total=math.ceil(n / batch_size),
                             desc="relevance range", leave=False,
                             disable=not progress or os.environ.get("XAI_ROBUST_PROGRESS", "1") == "0"):
             x = x.to(dev)
@@ -494,7 +494,7 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
     quiet = not progress or os.environ.get("XAI_ROBUST_PROGRESS", "1") == "0"
     bar = tqdm(total=total, desc=f"{variant} ISNet" if variant != "rrr" else "RRR", disable=quiet, leave=False)
     step = 0
-    for epoch in range(epochs):
+    for _ in range(epochs):
         sums: dict[str, float] = {}
         for x, y, m in _batches(dataset, batch_size, shuffle=True, generator=gen):
             x, y, m = x.to(dev), y.to(dev), m.to(dev)

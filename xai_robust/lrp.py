@@ -350,7 +350,7 @@ def _zplus(state, layer, bn, inp, out, is_first=False, stats=None):
 
 def _zb(state, layer, bn, inp, out, stats=None):
     """LRP-z^B on the first layer: ``x w - l w⁺ - h w⁻`` with pixel bounds mapped through ``normalize``."""
-    model, x = state.model, state.x
+    x = state.x
     if state.bound_leaves is None:
         low, high = state.bounds
         low = torch.as_tensor(low, dtype=x.dtype, device=x.device).expand_as(x).clone().requires_grad_(True)

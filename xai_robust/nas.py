@@ -384,7 +384,7 @@ class _LowRes:
         rows = torch.cat([img * k + new, img * k + old])  # (2M,) index of (image, cluster)
         ii, jj, pp = torch.cat([i, i]), torch.cat([j, j]), torch.cat([pix, pix])
         sums = []
-        for (a, uy, ux, s), (cols, weights) in zip(self.blocks, self.taps, strict=True):
+        for (a, uy, _ux, s), (cols, weights) in zip(self.blocks, self.taps, strict=True):
             _, c, h, w = a.shape
             sv = s.reshape(-1).index_select(0, flat)
             sv = torch.cat([sv, -sv])

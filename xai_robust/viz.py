@@ -101,7 +101,7 @@ def show_heatmaps(images, heatmaps, titles=None, *, row_labels=None, title: str 
         axes[0, j].imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
         if titles is not None:
             axes[0, j].set_title(str(titles[j]), fontsize=7)
-        for r, (name, maps) in enumerate(heatmaps.items(), start=1):
+        for r, maps in enumerate(heatmaps.values(), start=1):
             h = heatmap_2d(maps[j])
             lim = float(np.abs(h).max()) or 1.0
             axes[r, j].imshow(h, cmap=HEATMAP_CMAP, vmin=-lim, vmax=lim)

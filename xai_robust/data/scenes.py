@@ -2,10 +2,11 @@
 
 An object of one of two classes (a *triangle* or an *ellipse*, random colour, size and rotation) is drawn on a
 background of one of two families: *land* (grass, gravel and brick textures bundled with scikit-image) or *water*
-(procedural ripples); both families are tinted from one shared palette, so they differ in texture, not colour. In training the background agrees with the class
-(triangle ↔ land, ellipse ↔ water) with probability 0.95, as in Waterbirds (Sagawa et al., 2020); in val/test the
-background is balanced within each class. Masks mark the object. An optional co-occurring object (a small plus
-or ring in a corner) is a second shortcut with its own correlation, as in UrbanCars (ExMap Sec. 5.3, Table 3).
+(procedural ripples); both families are tinted from one shared palette, so they differ in texture, not colour. In
+training the background agrees with the class (triangle ↔ land, ellipse ↔ water) with probability 0.95, as in
+Waterbirds (Sagawa et al., 2020); in val/test the background is balanced within each class. Masks mark the object.
+An optional co-occurring object (a small plus or ring in a corner) is a second shortcut with its own correlation,
+as in UrbanCars (ExMap Sec. 5.3, Table 3).
 """
 from __future__ import annotations
 
