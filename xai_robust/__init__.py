@@ -1,6 +1,6 @@
 """xai_robust: the package behind the book *Explainability-driven robustness*.
 
-One module per idea (see DESIGN.md): ``data`` → ``models``/``train`` → a method module
+One module per idea (see docs/design.md): ``data`` → ``models``/``train`` → a method module
 (``lrp``, ``isnet``, ``cluster``, ``dfr``, ``sca``, ``grouped``, ``nas``) → ``metrics``/``viz``.
 Submodules are imported on first use: ``import xai_robust; xai_robust.lrp.lrp_flex(...)`` works.
 """

@@ -83,7 +83,7 @@ def restore_model(model: nn.Module) -> Iterator[nn.Module]:
     """Context manager that restores every submodule's train/eval mode and ``requires_grad`` flags on exit.
 
     Explanation functions run inside it so that the model is left exactly as found, even when the
-    forward pass raises (DESIGN.md, "Errors").
+    forward pass raises (docs/design.md, "Errors").
     """
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]

@@ -1,4 +1,4 @@
-"""Verified, atomic on-disk caching shared by datasets, training and ISNet checkpoints (DESIGN.md "Caching").
+"""Verified, atomic on-disk caching shared by datasets, training and ISNet checkpoints (docs/design.md "Caching").
 
 Files live under :func:`xai_robust.cache_dir`, are keyed by a hash of their configuration, written
 atomically (temporary file, then rename) and verified with a SHA-256 digest on load; a corrupt file is

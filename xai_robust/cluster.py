@@ -74,7 +74,7 @@ def normalize_heatmaps(heatmaps: torch.Tensor, size: int | tuple[int, int] | Non
 
     Signed heatmaps (channels kept) are optionally resized bilinearly to ``size``, flattened,
     and each one is divided by its own maximum absolute value (ExMap, Sec. 4.1; the official
-    code's preprocessing, see REFERENCE.md). Chapter 04.
+    code's preprocessing, see docs/design.md). Chapter 04.
 
     Parameters
     ----------

@@ -7,7 +7,7 @@ Table 6; chapter 04 "ExMap"):
   only its last layer on a *group-balanced* set drawn from the validation split. Here: features
   standardised, an L1 logistic regression, the inverse regularisation ``C`` tuned on random
   half-splits of the validation set by worst-(pseudo-)group accuracy, and the final model the
-  average of 20 fits on group-balanced subsamples (REFERENCE.md, "ExMap" and "DFR").
+  average of 20 fits on group-balanced subsamples (docs/design.md, "ExMap").
   :class:`DFR` works with true groups (oracle DFR) and with ExMap's or GEORGE's pseudo groups.
 * **JTT** -- Just Train Twice (Liu et al., ICML 2021): train ERM for ``T`` epochs, collect the
   training samples it gets wrong (the error set), train a second model with those samples

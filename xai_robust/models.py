@@ -1,4 +1,4 @@
-"""Classifiers used in the book, all starting with input normalisation (DESIGN.md "Images").
+"""Classifiers used in the book, all starting with input normalisation (docs/design.md "Images").
 
 Every model takes pixels in [0, 1]; its first module, ``normalize``, maps them to the network's input, so
 explanations live in pixel space. Nonlinearities are ``nn.ReLU`` *modules* (LRP-Flex hooks them; chapter 02).

@@ -10,7 +10,7 @@ penultimate features (``xai_robust.models.embed``) and ``W`` the weight of
 
 * Eq. 3, class-wise accumulative activation: ``A[c, d] = Σ_{s∈S_c} a_d(s)``. The paper writes
   ``a_j`` for an edge ``e_ji``; we read it as the edge's *input* activation (the penultimate feature),
-  the natural reading for last-layer edges (REFERENCE.md lists this ambiguity). It does not depend on ``k``.
+  the natural reading for last-layer edges (docs/design.md lists this ambiguity). It does not depend on ``k``.
 * Eq. 4, class-wise accumulative gradient magnitude: ``G[c, k, d] = Σ_{s∈S_c} |∂L(s)/∂W_kd|``. For the
   cross-entropy loss ``∂L/∂W_kd = δ_k a_d`` with ``δ = softmax(z) − onehot(y)``, so
   ``G[c] = |Δ_c|ᵀ |A_c|``: one matrix product per class, no per-sample autograd.
@@ -609,7 +609,7 @@ def fit_fictitious_head(features: torch.Tensor, fictitious_labels: torch.Tensor,
 def fictitious_to_real(fictitious_labels: torch.Tensor, labels: torch.Tensor) -> dict[int, int]:
     """The real class containing each fictitious class: the majority real label of its samples.
 
-    Answers REFERENCE.md's ambiguity of Algorithm 2 line 6 (which row of ``M`` receives the edit).
+    Answers docs/design.md's ambiguity of Algorithm 2 line 6 (which row of ``M`` receives the edit).
     """
     if fictitious_labels.shape != labels.shape:
         raise ValueError("fictitious_labels and labels must have the same shape")

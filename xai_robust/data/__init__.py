@@ -1,4 +1,4 @@
-"""Datasets: offline synthetic ones for the ``ci`` profile, loaders for the real ones (DESIGN.md "Samples").
+"""Datasets: offline synthetic ones for the ``ci`` profile, loaders for the real ones (docs/design.md "Samples").
 
 Use :func:`load`; every dataset is a :class:`SampleDataset` yielding
 ``{"image", "label", "group", "mask"?, "spurious"?, "index"}`` with ``dataset.group_names``.

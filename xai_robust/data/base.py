@@ -2,7 +2,7 @@
 
 Every dataset in the book is a :class:`SampleDataset`: images (N,C,H,W) in [0,1], class labels, group ids
 (class × spurious attribute), and optionally foreground masks and the spurious attribute itself.
-Indexing gives the sample dict ``{"image", "label", "group", "mask"?, "spurious"?, "index"}`` (DESIGN.md).
+Indexing gives the sample dict ``{"image", "label", "group", "mask"?, "spurious"?, "index"}`` (docs/design.md).
 """
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ def _split_seed(seed: int, split: str) -> torch.Generator:
 
 def colored_digits(split: str, *, n: int | None = None, seed: int = 0, size: int = 28,
                    correlation: float | None = None) -> SampleDataset:
-    """Colored digits, the C-MNIST analog (ExMap Sec. 5.1; REFERENCE.md "C-MNIST").
+    """Colored digits, the C-MNIST analog (ExMap Sec. 5.1; docs/design.md, "ExMap").
 
     Label = digit > 4. The digit is drawn in red or green; the colour equals the label with probability
     ``correlation`` (0.99 in train, 0.5 in val/test by default). Groups = label × colour.

@@ -92,7 +92,7 @@ def weighted_mean_accuracy(pred, y, groups, train_groups) -> float:
 
     Waterbirds-style test sets are group-balanced, so their plain mean over-weights minority groups;
     DFR and ExMap report the per-group accuracies averaged with the *training* proportions
-    (REFERENCE.md, "ExMap").
+    (docs/design.md, "ExMap").
 
     Parameters
     ----------

@@ -500,7 +500,7 @@ def max_box_acc_v2(saliency, masks=None, *, gt_boxes: Sequence[np.ndarray] | Non
         The τ values, instead of a regular grid.
     threshold_step : float in (0, 1], optional
         Grid ``0, step, 2·step, … < 1`` (``np.arange(0, 1, step)``, wsolevaluation's ``cam_curve_interval``).
-        Default :data:`DEFAULT_THRESHOLD_STEP` = 0.01 (REFERENCE.md's CPU choice, also wsolevaluation's
+        Default :data:`DEFAULT_THRESHOLD_STEP` = 0.01 (the book's CPU choice, docs/design.md; also wsolevaluation's
         command-line default). wsolevaluation's ``evaluate_wsol`` and the configuration behind the paper's
         numbers use **0.001**: pass ``threshold_step=0.001`` to match them exactly. Because the map is
         quantised to 256 levels, 0.001 already tries every distinct cut (finer steps change nothing) and
