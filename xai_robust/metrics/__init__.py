@@ -2,13 +2,36 @@
 
 Everything is re-exported here, so ``xai_robust.metrics.worst_group_accuracy`` works.
 """
-import importlib
-import importlib.util
+from . import groups, localization, saliency
+from .groups import (  # noqa: F401
+    group_accuracies,
+    group_counts,
+    mean_accuracy,
+    weighted_mean_accuracy,
+    worst_group_accuracy,
+)
+from .localization import (  # noqa: F401
+    box_iou,
+    curve_auc,
+    greedy_lerf,
+    lerf_curve,
+    map_boxes,
+    mask_boxes,
+    max_box_acc_v2,
+    morf_curve,
+    relevance_curve,
+    relevance_share,
+)
+from .saliency import (  # noqa: F401
+    deletion_auc,
+    insertion_auc,
+    mege,
+    mu_fidelity,
+    noisy_linear_imputation,
+    perturbation_curve,
+    road,
+    spearman,
+    ssim,
+)
 
-__all__ = []
-for _name in ("groups", "saliency", "localization"):
-    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
-        _module = importlib.import_module(f"{__name__}.{_name}")
-        for _attr in _module.__all__:
-            globals()[_attr] = getattr(_module, _attr)
-        __all__ += list(_module.__all__)
+__all__ = [*groups.__all__, *saliency.__all__, *localization.__all__]
