@@ -43,7 +43,8 @@ def synthetic_heatmaps(n: int, seed: int = 0, size: int = 28, minority: float = 
         h[y == c] += (1.0 if c else -1.0) * blob[c]
     for s in (0, 1):  # the attribute lights up one colour channel across the digit
         sel = a == s
-        h[sel, s] += 0.8 * blob[0] * (y[sel] == 0).float()[:, None, None] + 0.8 * blob[1] * (y[sel] == 1).float()[:, None, None]
+        h[sel, s] += (0.8 * blob[0] * (y[sel] == 0).float()[:, None, None]
+                      + 0.8 * blob[1] * (y[sel] == 1).float()[:, None, None])
     h += 0.35 * torch.randn(n, 3, size, size, generator=g)
     return normalize_heatmaps(h), y, 2 * y + a
 
@@ -95,7 +96,8 @@ def main():
     c_peer = CPU["last"]
     print(f"N={m}, k=4: ours {t_ours:.1f} s wall / {c_ours:.1f} s CPU (ARI {adjusted_rand_score(ts, g_ours):.3f}), "
           f"sklearn SpectralClustering on raw heatmaps {t_peer:.1f} s wall / {c_peer:.1f} s CPU "
-          f"(ARI {adjusted_rand_score(ts, g_peer):.3f}); speed-up {t_peer / t_ours:.1f}x wall, {c_peer / c_ours:.1f}x CPU")
+          f"(ARI {adjusted_rand_score(ts, g_peer):.3f}); "
+          f"speed-up {t_peer / t_ours:.1f}x wall, {c_peer / c_ours:.1f}x CPU")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Time LRP-Flex against Gradient×Input, zennit and captum on torchvision ResNets (chapter 02).
 
 One run, interleaved repeats (every repeat times every method once, in turn and in a rotated order, so load
-on a shared machine and the after-effects of the previous method hit all methods alike); prints median seconds per heatmap batch and ratios to Gradient×Input. On a CPU the
-default clock is the process's CPU time (``--clock wall`` for the wall clock); on CUDA the wall clock after
-synchronising.
+on a shared machine and the after-effects of the previous method hit all methods alike); prints median seconds
+per heatmap batch and ratios to Gradient×Input. On a CPU the default clock is the process's CPU time
+(``--clock wall`` for the wall clock); on CUDA the wall clock after synchronising.
 
     .venv/bin/python benchmarks/lrp_speed.py            # ResNet-18 and ResNet-50, batch 32, 64×64, CPU
     .venv/bin/python benchmarks/lrp_speed.py --quick    # small sizes, ResNet-18 only

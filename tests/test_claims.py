@@ -200,8 +200,9 @@ def test_05_neutralisation_at_fair_r_raises_worst_group(dataset):
     r = load_results("05_fictitious_class_unlearning")
     fcr, erm = r[f"{dataset}_fcr_wga"], r[f"{dataset}_erm_wga"]
     drop = r[f"{dataset}_erm_mean"] - r[f"{dataset}_fcr_mean"]
-    assert fcr >= erm + 10.0 and drop <= 10.0, \
-        f"{dataset}: FCR {fcr:.1f}% vs ERM {erm:.1f}%, mean drop {drop:.1f} (fair r = {r[f'{dataset}_fcr_oracle_r']:.3g})"
+    assert fcr >= erm + 10.0 and drop <= 10.0, (
+        f"{dataset}: FCR {fcr:.1f}% vs ERM {erm:.1f}%, mean drop {drop:.1f} "
+        f"(fair r = {r[f'{dataset}_fcr_oracle_r']:.3g})")
 
 
 # ---------------------------------------------------------------- chapter 07: Neuro-Activated Superpixels

@@ -182,7 +182,7 @@ def test_isnet_loss_shares_the_training_forward_pass(bn, variant):
                                  batchnorm=mode)
             continue
         calls = []
-        model.register_forward_pre_hook(lambda mod, args: calls.append(1))
+        model.register_forward_pre_hook(lambda mod, args, calls=calls: calls.append(1))
         loss, logits = isnet.isnet_loss(model, x.double(), y, m.double(), variant=variant, P=0.5,
                                         ranges=(1.0, 4.0), batchnorm=mode, generator=torch.Generator().manual_seed(0))
         assert len(calls) == n_expected, (mode, len(calls))

@@ -47,7 +47,7 @@ def test_resize_masks_any_foreground_counts():
 # --------------------------------------------------------------------------- background loss
 def _hand_background(d, E):
     # heatmap [[2, -1], [0.5, -4]], foreground = top row
-    a = [2.0, 1.0, 0.5, 4.0]
+    # |heatmap| = [2, 1, 0.5, 4]
     fg_mean = (2.0 + 1.0) / 2                         # step 2
     bg = sorted([0.5 / fg_mean, 4.0 / fg_mean], reverse=True) + [0.0, 0.0]  # step 3 (fg zeroed)
     w = [d ** i for i in range(4)]

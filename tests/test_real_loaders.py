@@ -28,7 +28,8 @@ def test_waterbirds_metadata_csv(tmp_path):
     test = data.load("waterbirds", "test", root=tmp_path, size=16)
     assert test.groups.tolist() == [1, 3]
     x = test[0]["image"]
-    assert x.shape == (3, 16, 16) and float(x[2].mean()) > 0.95 and float(x[0].mean()) < 0.05  # blue = place 1 (JPEG-rounded)
+    # blue = place 1 (JPEG-rounded)
+    assert x.shape == (3, 16, 16) and float(x[2].mean()) > 0.95 and float(x[0].mean()) < 0.05
     assert test.images[torch.tensor([0, 1])].shape == (2, 3, 16, 16)
     # the profile mapping: spurious_scenes stands in for waterbirds outside ci
     assert len(data.load("spurious_scenes", "val", profile="colab", root=tmp_path, size=16)) == 1

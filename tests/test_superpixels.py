@@ -12,7 +12,7 @@ def images(c=3, n=3, size=16, seed=0):
     # piecewise-constant images (four coloured quadrants) plus a little noise, so super-pixels have structure
     x = torch.zeros(n, c, size, size)
     h = size // 2
-    for i, (a, b) in enumerate([(0, 0), (0, h), (h, 0), (h, h)]):
+    for a, b in [(0, 0), (0, h), (h, 0), (h, h)]:
         x[:, :, a:a + h, b:b + h] = torch.rand(n, c, 1, 1, generator=g)
     return (x + 0.02 * torch.randn(x.shape, generator=g)).clamp(0, 1)
 

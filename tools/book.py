@@ -52,8 +52,8 @@ def execute(selected=None, budget=300.0, kernel="python3"):
         print(f"[book] executing {nb.name} ...", flush=True)
         try:
             papermill.execute_notebook(str(nb), str(EXECUTED / nb.name), kernel_name=kernel,
-                                       parameters={"profile": "ci"}, cwd=str(nb.parent), progress_bar=False, language="python",
-                                       log_output=False)
+                                       parameters={"profile": "ci"}, cwd=str(nb.parent), progress_bar=False,
+                                       language="python", log_output=False)
         except Exception as exc:  # report every failing chapter, then fail
             failed.append(nb.name)
             print(f"[book] FAILED {nb.name}: {type(exc).__name__}: {str(exc)[-3000:]}", flush=True)
