@@ -13,7 +13,7 @@ alone costs ~12× more at this size). Prints per-image milliseconds (best of
 
 Usage::
 
-    python benchmarks/nas_speed.py                 # CPU, the DESIGN.md setting
+    python benchmarks/nas_speed.py                 # CPU, the docs/design.md setting
     python benchmarks/nas_speed.py --device cuda   # GPU, where one exists
 """
 from __future__ import annotations

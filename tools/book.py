@@ -77,6 +77,7 @@ def stage():
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, SITE / name)
     shutil.copytree(ROOT / "book", SITE / "book")
+    shutil.copytree(ROOT / "docs", SITE / "docs")
     (SITE / "notebooks").mkdir()
     for nb in notebooks():
         executed = EXECUTED / nb.name
