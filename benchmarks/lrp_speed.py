@@ -10,7 +10,7 @@ per heatmap batch and ratios to Gradient×Input. On a CPU the default clock is t
     .venv/bin/python benchmarks/lrp_speed.py --device cuda
 
 Targets (docs/design.md): LRP-Flex ≤ 1.1× Gradient×Input and ≥ 2.5× faster than zennit's equivalent composite
-(``xai_robust.lrp.epsilon_composite``: the same LRP-ε heatmap). captum's LRP runs on these ResNets but has
+(``xai_robust.references.epsilon_composite``: the same LRP-ε heatmap). captum's LRP runs on these ResNets but has
 no rule for their residual sums, so its map is not the same LRP-ε there (timed anyway); a method that fails
 on a model is reported, not hidden.
 """
@@ -28,7 +28,8 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 from xai_robust.attribution import gradient_x_input  # noqa: E402
-from xai_robust.lrp import captum_lrp, epsilon_composite, lrp_flex, zennit_heatmap  # noqa: E402
+from xai_robust.lrp import lrp_flex  # noqa: E402
+from xai_robust.references import captum_lrp, epsilon_composite, zennit_heatmap  # noqa: E402
 
 
 def _sync(device):

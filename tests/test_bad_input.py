@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from xai_robust import attribution, checks, cluster, data, isnet, losses, lrp, metrics, sca, train
+from xai_robust import attribution, checks, cluster, data, isnet, losses, lrp, metrics, references, sca, train
 
 
 def _model(seed=0):
@@ -43,9 +43,14 @@ EXPLAINERS = {
     "gradient_x_input": lambda m, x, **kw: attribution.gradient_x_input(m, x, **kw),
     "lrp_flex": lambda m, x, **kw: lrp.lrp_flex(m, x, **kw),
     "lrp_flex_zplus": lambda m, x, **kw: lrp.lrp_flex(m, x, rule="zplus", **kw),
-    "zennit_heatmap": lambda m, x, **kw: lrp.zennit_heatmap(m, x, **kw),
+    "zennit_heatmap": lambda m, x, **kw: references.zennit_heatmap(m, x, **kw),
     "isnet_heatmaps": lambda m, x, **kw: isnet.isnet_heatmaps(m, x, variant="selective", **kw),
     "heatmap_representations": lambda m, x, **kw: cluster.heatmap_representations(m, x, progress=False, **kw),
+    "smoothgrad": lambda m, x, **kw: attribution.smoothgrad(m, x, n_samples=2, **kw),
+    "integrated_gradients": lambda m, x, **kw: attribution.integrated_gradients(m, x, n_steps=2, **kw),
+    "grad_cam": lambda m, x, **kw: attribution.grad_cam(
+        m, x, layer=next(mod for mod in m.modules() if isinstance(mod, nn.ReLU)), **kw),
+    "occlusion": lambda m, x, **kw: attribution.occlusion(m, x, window=4, **kw),
 }
 
 

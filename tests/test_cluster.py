@@ -10,7 +10,7 @@ from scipy.sparse.csgraph import laplacian
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from xai_robust import cluster, lrp, models
+from xai_robust import cluster, models, references
 
 
 def planted(n_per_group=60, noise=0.3, dim=40, seed=0):
@@ -229,10 +229,10 @@ def test_relevance_seed_one_is_exmaps_zennit_one_hot_seed():
     z = model(x).detach()
     t = z.argmax(1)
     assert (z.max(1).values < 0).any() and (z.max(1).values > 0).any()
-    one = cluster.heatmap_representations(model, x, attribution=lrp.zennit_heatmap, progress=False)
-    logit = cluster.heatmap_representations(model, x, attribution=lrp.zennit_heatmap, progress=False,
+    one = cluster.heatmap_representations(model, x, attribution=references.zennit_heatmap, progress=False)
+    logit = cluster.heatmap_representations(model, x, attribution=references.zennit_heatmap, progress=False,
                                             relevance="logit")
-    with Gradient(model=model, composite=lrp.exmap_composite()) as attributor:
+    with Gradient(model=model, composite=references.exmap_composite()) as attributor:
         _, ref = attributor(x.clone().requires_grad_(True), torch.nn.functional.one_hot(t, 2).float())
     ref = ref * model.normalize.std  # relevance at the first layer's input, as zennit_heatmap returns it
     torch.testing.assert_close(one, cluster.normalize_heatmaps(ref), atol=1e-5, rtol=1e-4)

@@ -4,7 +4,7 @@ import torch
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 from torch import nn
 
-from xai_robust import grouped, superpixels
+from xai_robust import attribution, grouped, superpixels
 
 torch.set_num_threads(1)
 
@@ -61,11 +61,11 @@ def test_grouped_gradient_equals_segment_mean_of_captum_saliency(batch):
     model = tiny_model()
     target = torch.tensor([0, 1, 2, 1])
     ref = Saliency(model).attribute(x, target=target, abs=False)
-    got = grouped.grouped_gradient(model, x, seg, target)
+    got = grouped.grouped_gradient(model, x, target, segments=seg)
     torch.testing.assert_close(got, per_segment_mean_loop(ref, seg))
     # predicted class by default
     pred = model(x).argmax(1)
-    torch.testing.assert_close(grouped.grouped_gradient(model, x, seg),
+    torch.testing.assert_close(grouped.grouped_gradient(model, x, segments=seg),
                                per_segment_mean_loop(Saliency(model).attribute(x, target=pred, abs=False), seg))
 
 
@@ -82,7 +82,7 @@ def test_indicator_gradient_definition(batch):
     out = model(x[n:n + 1] + shift.view(1, 3, 12, 12))[0, 2]
     (dg,) = torch.autograd.grad(out, g)
     expected = (dg @ onehot.T).view(3, 12, 12)
-    torch.testing.assert_close(grouped.grouped_gradient(model, x[n:n + 1], seg[n:n + 1], 2)[0], expected)
+    torch.testing.assert_close(grouped.grouped_gradient(model, x[n:n + 1], 2, segments=seg[n:n + 1])[0], expected)
 
 
 def test_single_segment_and_pixel_segments(batch):
@@ -90,21 +90,21 @@ def test_single_segment_and_pixel_segments(batch):
     model = tiny_model()
     plain = Saliency(model).attribute(x, target=1, abs=False)
     one = torch.zeros(4, 12, 12, dtype=torch.long)
-    got = grouped.grouped_gradient(model, x, one, 1)
+    got = grouped.grouped_gradient(model, x, 1, segments=one)
     torch.testing.assert_close(got, plain.mean((2, 3), keepdim=True).expand_as(plain))
     pixels = torch.arange(144).view(1, 12, 12).expand(4, -1, -1)
-    torch.testing.assert_close(grouped.grouped_gradient(model, x, pixels, 1), plain)
+    torch.testing.assert_close(grouped.grouped_gradient(model, x, 1, segments=pixels), plain)
 
 
 def test_grouped_smoothgrad_zero_noise_equals_gsg(batch):
     x, seg = batch
     model = tiny_model()
-    gsg = grouped.grouped_gradient(model, x, seg)
-    torch.testing.assert_close(grouped.grouped_smoothgrad(model, x, seg, n_samples=3, noise_level=0.0), gsg)
-    noisy = grouped.grouped_smoothgrad(model, x, seg, n_samples=3, noise_level=0.3)
+    gsg = grouped.grouped_gradient(model, x, segments=seg)
+    torch.testing.assert_close(grouped.grouped_smoothgrad(model, x, segments=seg, n_samples=3, noise_level=0.0), gsg)
+    noisy = grouped.grouped_smoothgrad(model, x, segments=seg, n_samples=3, noise_level=0.3)
     assert not torch.allclose(noisy, gsg)
     # the noise really is seeded
-    torch.testing.assert_close(noisy, grouped.grouped_smoothgrad(model, x, seg, n_samples=3, noise_level=0.3))
+    torch.testing.assert_close(noisy, grouped.grouped_smoothgrad(model, x, segments=seg, n_samples=3, noise_level=0.3))
 
 
 def test_smoothgrad_matches_captum_noise_tunnel_on_same_noise(batch):
@@ -112,13 +112,13 @@ def test_smoothgrad_matches_captum_noise_tunnel_on_same_noise(batch):
     x, _ = batch
     model = tiny_model()
     t = model(x).argmax(1)
-    ours = grouped.smoothgrad(model, x, n_samples=4, noise_level=0.2, seed=3, batch_size=5)
-    noisy = grouped._noisy_inputs(x, 4, 0.2, 3).view(4, *x.shape)
+    ours = attribution.smoothgrad(model, x, n_samples=4, noise_level=0.2, seed=3, batch_size=5)
+    noisy = attribution._noisy_inputs(x, 4, 0.2, 3).view(4, *x.shape)
     ref = torch.stack([Saliency(model).attribute(noisy[i], target=t, abs=False) for i in range(4)]).mean(0)
     torch.testing.assert_close(ours, ref)
     nt = NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=2, stdevs=0.0, target=t,
                                                 abs=False)
-    torch.testing.assert_close(grouped.smoothgrad(model, x, n_samples=2, noise_level=0.0), nt)
+    torch.testing.assert_close(attribution.smoothgrad(model, x, n_samples=2, noise_level=0.0), nt)
 
 
 def test_grouped_ig_matches_captum(batch):
@@ -126,9 +126,9 @@ def test_grouped_ig_matches_captum(batch):
     model = tiny_model()
     t = torch.tensor([2, 0, 1, 1])
     ref = IntegratedGradients(model).attribute(x, target=t, n_steps=8, method="riemann_middle")
-    ig = grouped.integrated_gradients(model, x, t, n_steps=8, batch_size=7)
+    ig = attribution.integrated_gradients(model, x, t, n_steps=8, batch_size=7)
     torch.testing.assert_close(ig, ref)
-    gig = grouped.grouped_integrated_gradients(model, x, seg, t, n_steps=8)
+    gig = grouped.grouped_integrated_gradients(model, x, t, segments=seg, n_steps=8)
     torch.testing.assert_close(gig, per_segment_mean_loop(ref, seg))
     # grouping preserves the sum over each segment (so IG's completeness survives)
     torch.testing.assert_close(gig.sum((1, 2, 3)), ref.sum((1, 2, 3)))
@@ -151,7 +151,7 @@ def test_probability_output():
     seg = superpixels.segment(x.float(), "squares", patch_size=4)
     prob_model = nn.Sequential(model, nn.Softmax(1))
     ref = per_segment_mean_loop(Saliency(prob_model).attribute(x, target=0, abs=False), seg)
-    torch.testing.assert_close(grouped.grouped_gradient(model, x, seg, 0, output="probability"), ref)
+    torch.testing.assert_close(grouped.grouped_gradient(model, x, 0, segments=seg, output="probability"), ref)
 
 
 def test_model_left_untouched_even_on_error(batch):
@@ -159,33 +159,33 @@ def test_model_left_untouched_even_on_error(batch):
     model = tiny_model().train()
     model[0].weight.requires_grad_(False)
     before = state(model)
-    grouped.grouped_gradient(model, x, seg)
-    grouped.grouped_smoothgrad(model, x, seg, n_samples=2)
-    grouped.grouped_integrated_gradients(model, x, seg, n_steps=2)
+    grouped.grouped_gradient(model, x, segments=seg)
+    grouped.grouped_smoothgrad(model, x, segments=seg, n_samples=2)
+    grouped.grouped_integrated_gradients(model, x, segments=seg, n_steps=2)
     assert_untouched(model, before)
     with pytest.raises(ValueError, match="target"):
-        grouped.grouped_gradient(model, x, seg, target=7)
+        grouped.grouped_gradient(model, x, segments=seg, target=7)
     assert_untouched(model, before)
     # eval-mode explanation: train mode would use batch statistics
     eval_ref = grouped.grouped_gradient(tiny_model().eval(), x, seg)
-    torch.testing.assert_close(grouped.grouped_gradient(model, x, seg), eval_ref)
+    torch.testing.assert_close(grouped.grouped_gradient(model, x, segments=seg), eval_ref)
 
 
 def test_bad_inputs(batch):
     x, seg = batch
     model = tiny_model()
     with pytest.raises(ValueError, match="segments"):
-        grouped.grouped_gradient(model, x, seg[:2])
+        grouped.grouped_gradient(model, x, segments=seg[:2])
     with pytest.raises(TypeError, match="segments"):
-        grouped.grouped_gradient(model, x, seg.float())
+        grouped.grouped_gradient(model, x, segments=seg.float())
     with pytest.raises(ValueError, match="x must have shape"):
-        grouped.grouped_gradient(model, x[0], seg[0])
+        grouped.grouped_gradient(model, x[0], segments=seg[0])
     with pytest.raises(ValueError, match="output"):
-        grouped.grouped_gradient(model, x, seg, output="softmax")
+        grouped.grouped_gradient(model, x, segments=seg, output="softmax")
     with pytest.raises(ValueError, match="reduction"):
         grouped.saliency_map(x, "mean")
     with pytest.raises(ValueError, match="n_steps"):
-        grouped.integrated_gradients(model, x, n_steps=0)
+        attribution.integrated_gradients(model, x, n_steps=0)
 
 
 # --------------------------------------------------------------------------------------------- the API boundary
@@ -233,16 +233,18 @@ def mixed_mode_probe():
 
 
 EXPLANATIONS = {
-    "grouped_gradient": lambda m, x, seg, t=None: grouped.grouped_gradient(m, x, seg, t),
-    "grouped_gradient_probability": lambda m, x, seg, t=None: grouped.grouped_gradient(m, x, seg, t,
+    "grouped_gradient": lambda m, x, seg, t=None: grouped.grouped_gradient(m, x, t, segments=seg),
+    "grouped_gradient_probability": lambda m, x, seg, t=None: grouped.grouped_gradient(m, x, t, segments=seg,
                                                                                        output="probability"),
-    "grouped_smoothgrad": lambda m, x, seg, t=None: grouped.grouped_smoothgrad(m, x, seg, t, n_samples=2),
-    "grouped_integrated_gradients": lambda m, x, seg, t=None: grouped.grouped_integrated_gradients(m, x, seg, t,
+    "grouped_smoothgrad": lambda m, x, seg, t=None: grouped.grouped_smoothgrad(m, x, t, segments=seg, n_samples=2),
+    "grouped_integrated_gradients": lambda m, x, seg, t=None: grouped.grouped_integrated_gradients(m, x, t,
+                                                                                                   segments=seg,
                                                                                                    n_steps=2),
-    "smoothgrad": lambda m, x, seg, t=None: grouped.smoothgrad(m, x, t, n_samples=2, batch_size=3),
-    "integrated_gradients": lambda m, x, seg, t=None: grouped.integrated_gradients(m, x, t, n_steps=3, batch_size=5),
+    "smoothgrad": lambda m, x, seg, t=None: attribution.smoothgrad(m, x, t, n_samples=2, batch_size=3),
+    "integrated_gradients": lambda m, x, seg, t=None: attribution.integrated_gradients(m, x, t, n_steps=3,
+                                                                                       batch_size=5),
     "grouped_attribution": lambda m, x, seg, t=None: grouped.grouped_attribution(
-        lambda xx, **kw: grouped.integrated_gradients(m, xx, **kw), x, seg, target=t, n_steps=2),
+        lambda xx, **kw: attribution.integrated_gradients(m, xx, **kw), x, seg, target=t, n_steps=2),
 }
 
 
@@ -288,68 +290,72 @@ ATTR = torch.randn(2, 3, 12, 12, generator=G, dtype=torch.float64)
 BAD_CALLS = [
     ("non-finite input", lambda m: grouped.grouped_gradient(m, _bad(X, at=(0, 1, 2, 3), value=float("nan")), SEG),
      ValueError, r"x holds NaN or inf"),
-    ("non-finite input", lambda m: grouped.smoothgrad(m, _bad(X, at=(1, 0, 0, 0), value=float("inf"))),
+    ("non-finite input", lambda m: attribution.smoothgrad(m, _bad(X, at=(1, 0, 0, 0), value=float("inf"))),
      ValueError, r"x holds NaN or inf"),
-    ("non-finite input", lambda m: grouped.integrated_gradients(m, _bad(X, at=(1, 2, 5, 5), value=-float("inf"))),
+    ("non-finite input", lambda m: attribution.integrated_gradients(m, _bad(X, at=(1, 2, 5, 5), value=-float("inf"))),
      ValueError, r"x holds NaN or inf"),
     ("non-finite input", lambda m: grouped.segment_average(_bad(ATTR, at=(0, 0, 0, 0), value=float("nan")), SEG),
      ValueError, r"attribution holds NaN or inf"),
     ("non-finite input", lambda m: grouped.saliency_map(_bad(ATTR, at=(0, 0, 0, 0), value=float("inf"))),
      ValueError, r"attribution holds NaN or inf"),
-    ("non-finite option", lambda m: grouped.smoothgrad(m, X, noise_level=float("nan")),
+    ("non-finite option", lambda m: attribution.smoothgrad(m, X, noise_level=float("nan")),
      ValueError, r"noise_level must be finite"),
-    ("non-finite option", lambda m: grouped.grouped_smoothgrad(m, X, SEG, noise_level=float("inf")),
+    ("non-finite option", lambda m: grouped.grouped_smoothgrad(m, X, segments=SEG, noise_level=float("inf")),
      ValueError, r"noise_level must be finite"),
-    ("non-finite option", lambda m: grouped.integrated_gradients(m, X, baseline=float("nan")),
+    ("non-finite option", lambda m: attribution.integrated_gradients(m, X, baseline=float("nan")),
      ValueError, r"baseline must be finite"),
     ("non-finite option", lambda m: grouped.grouped_integrated_gradients(
-        m, X, SEG, baseline=torch.full((1, 3, 12, 12), float("inf"), dtype=torch.float64)),
+        m, X, segments=SEG, baseline=torch.full((1, 3, 12, 12), float("inf"), dtype=torch.float64)),
      ValueError, r"baseline holds NaN or inf"),
-    ("bad option", lambda m: grouped.smoothgrad(m, X, noise_level=-0.1), ValueError, r"noise_level must be >= 0"),
-    ("bad option", lambda m: grouped.integrated_gradients(m, X, baseline=torch.zeros(3, 5, dtype=torch.float64)),
+    ("bad option", lambda m: attribution.smoothgrad(m, X, noise_level=-0.1), ValueError, r"noise_level must be >= 0"),
+    ("bad option", lambda m: attribution.integrated_gradients(m, X, baseline=torch.zeros(3, 5, dtype=torch.float64)),
      ValueError, r"baseline of shape \(3, 5\) does not broadcast"),
-    ("bad option", lambda m: grouped.grouped_gradient(m, X, SEG, output="softmax"), ValueError, r"output must be"),
+    ("bad option", lambda m: grouped.grouped_gradient(m, X, segments=SEG, output="softmax"), ValueError,
+     r"output must be"),
     ("bad option", lambda m: grouped.saliency_map(ATTR, "mean"), ValueError, r"reduction must be"),
     ("bad option", lambda m: grouped.saliency_map(ATTR.sum(1), "mean"), ValueError, r"reduction must be"),
     ("uint8", lambda m: grouped.grouped_gradient(m, (X * 255).byte(), SEG), TypeError, r"x\.float\(\) / 255"),
-    ("uint8", lambda m: grouped.smoothgrad(m, (X * 255).byte()), TypeError, r"x\.float\(\) / 255"),
+    ("uint8", lambda m: attribution.smoothgrad(m, (X * 255).byte()), TypeError, r"x\.float\(\) / 255"),
     ("uint8", lambda m: grouped.grouped_attribution(lambda x: x, (X * 255).byte(), SEG), TypeError,
      r"x\.float\(\) / 255"),
-    ("dtype mismatch", lambda m: grouped.grouped_gradient(m, X.float(), SEG), TypeError,
+    ("dtype mismatch", lambda m: grouped.grouped_gradient(m, X.float(), segments=SEG), TypeError,
      r"x has dtype torch\.float32 but the model's parameters are torch\.float64"),
-    ("dtype mismatch", lambda m: grouped.integrated_gradients(m, X.float()), TypeError,
+    ("dtype mismatch", lambda m: attribution.integrated_gradients(m, X.float()), TypeError,
      r"x has dtype torch\.float32 but the model's parameters are torch\.float64"),
-    ("dtype mismatch", lambda m: grouped.grouped_smoothgrad(m, X.float(), SEG), TypeError,
+    ("dtype mismatch", lambda m: grouped.grouped_smoothgrad(m, X.float(), segments=SEG), TypeError,
      r"x has dtype torch\.float32 but the model's parameters are torch\.float64"),
-    ("dtype mismatch", lambda m: grouped.grouped_gradient(m, X, SEG.float()), TypeError, r"segments must hold integer"),
+    ("dtype mismatch", lambda m: grouped.grouped_gradient(m, X, segments=SEG.float()), TypeError,
+     r"segments must hold integer"),
     ("dtype mismatch", lambda m: grouped.segment_average(ATTR.long(), SEG), TypeError,
      r"attribution must be a floating tensor"),
-    ("missing batch dim", lambda m: grouped.grouped_gradient(m, X[0], SEG[0]), ValueError, r"x\.unsqueeze\(0\)"),
-    ("missing batch dim", lambda m: grouped.integrated_gradients(m, X[0]), ValueError, r"x\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda m: grouped.grouped_gradient(m, X[0], segments=SEG[0]), ValueError,
+     r"x\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda m: attribution.integrated_gradients(m, X[0]), ValueError, r"x\.unsqueeze\(0\)"),
     ("missing batch dim", lambda m: grouped.saliency_map(ATTR[0, 0]), ValueError, r"attribution\.unsqueeze\(0\)"),
-    ("empty batch", lambda m: grouped.grouped_gradient(m, X[:0], SEG[:0]), ValueError, r"x is an empty batch"),
-    ("empty batch", lambda m: grouped.smoothgrad(m, X[:0]), ValueError, r"x is an empty batch"),
+    ("empty batch", lambda m: grouped.grouped_gradient(m, X[:0], segments=SEG[:0]), ValueError, r"x is an empty batch"),
+    ("empty batch", lambda m: attribution.smoothgrad(m, X[:0]), ValueError, r"x is an empty batch"),
     ("empty batch", lambda m: grouped.segment_average(ATTR[:0], SEG[:0]), ValueError, r"attribution is an empty"),
-    ("bad count", lambda m: grouped.smoothgrad(m, X, n_samples=0), ValueError, r"n_samples must be an int >= 1"),
-    ("bad count", lambda m: grouped.smoothgrad(m, X, n_samples=1.5), TypeError, r"n_samples must be an int"),
-    ("bad count", lambda m: grouped.grouped_smoothgrad(m, X, SEG, n_samples=True), TypeError, r"n_samples"),
-    ("bad count", lambda m: grouped.smoothgrad(m, X, batch_size=0), ValueError, r"batch_size"),
-    ("bad count", lambda m: grouped.smoothgrad(m, X, seed=0.5), TypeError, r"seed"),
-    ("bad count", lambda m: grouped.integrated_gradients(m, X, n_steps=0), ValueError, r"n_steps"),
-    ("bad count", lambda m: grouped.integrated_gradients(m, X, n_steps=2.0), TypeError, r"n_steps"),
-    ("bad count", lambda m: grouped.grouped_integrated_gradients(m, X, SEG, batch_size=1.5), TypeError,
+    ("bad count", lambda m: attribution.smoothgrad(m, X, n_samples=0), ValueError, r"n_samples must be an int >= 1"),
+    ("bad count", lambda m: attribution.smoothgrad(m, X, n_samples=1.5), TypeError, r"n_samples must be an int"),
+    ("bad count", lambda m: grouped.grouped_smoothgrad(m, X, segments=SEG, n_samples=True), TypeError, r"n_samples"),
+    ("bad count", lambda m: attribution.smoothgrad(m, X, batch_size=0), ValueError, r"batch_size"),
+    ("bad count", lambda m: attribution.smoothgrad(m, X, seed=0.5), TypeError, r"seed"),
+    ("bad count", lambda m: attribution.integrated_gradients(m, X, n_steps=0), ValueError, r"n_steps"),
+    ("bad count", lambda m: attribution.integrated_gradients(m, X, n_steps=2.0), TypeError, r"n_steps"),
+    ("bad count", lambda m: grouped.grouped_integrated_gradients(m, X, segments=SEG, batch_size=1.5), TypeError,
      r"batch_size"),
-    ("bad target", lambda m: grouped.grouped_gradient(m, X, SEG, -1), ValueError, r"target holds negative"),
-    ("bad target", lambda m: grouped.grouped_gradient(m, X, SEG, torch.tensor([0, 1, 2])), ValueError,
+    ("bad target", lambda m: grouped.grouped_gradient(m, X, -1, segments=SEG), ValueError, r"target holds negative"),
+    ("bad target", lambda m: grouped.grouped_gradient(m, X, torch.tensor([0, 1, 2]), segments=SEG), ValueError,
      r"target must have shape \(2,\)"),
-    ("bad target", lambda m: grouped.smoothgrad(m, X, torch.tensor([0.0, 1.0])), TypeError,
+    ("bad target", lambda m: attribution.smoothgrad(m, X, torch.tensor([0.0, 1.0])), TypeError,
      r"target must hold integer"),
-    ("bad target", lambda m: grouped.integrated_gradients(m, X, True), TypeError, r"target must be .* not a bool"),
-    ("bad target", lambda m: grouped.grouped_smoothgrad(m, X, SEG, "highest"), ValueError, r"target='highest'"),
-    ("bad segments", lambda m: grouped.grouped_gradient(m, X, SEG[:1]), ValueError, r"segments has shape"),
+    ("bad target", lambda m: attribution.integrated_gradients(m, X, True), TypeError, r"target must be .* not a bool"),
+    ("bad target", lambda m: grouped.grouped_smoothgrad(m, X, "highest", segments=SEG), ValueError,
+     r"target='highest'"),
+    ("bad segments", lambda m: grouped.grouped_gradient(m, X, segments=SEG[:1]), ValueError, r"segments has shape"),
     ("bad segments", lambda m: grouped.segment_average(ATTR, -SEG), ValueError, r"segments must hold non-negative"),
     ("not callable", lambda m: grouped.grouped_attribution("ig", X, SEG), TypeError, r"attribute must be a callable"),
-    ("not a model", lambda m: grouped.grouped_gradient(lambda x: x, X, SEG), TypeError, r"model must be"),
+    ("not a model", lambda m: grouped.grouped_gradient(lambda x: x, X, segments=SEG), TypeError, r"model must be"),
 ]
 
 
@@ -370,8 +376,8 @@ def test_target_beyond_the_outputs_names_the_target_and_restores(batch):
     x, seg = batch
     model = mixed_mode_probe()
     before = state(model)
-    for call in (lambda: grouped.smoothgrad(model, x, torch.tensor([0, 1, 3, 1]), n_samples=2),
-                 lambda: grouped.integrated_gradients(model, x, 3, n_steps=2)):
+    for call in (lambda: attribution.smoothgrad(model, x, torch.tensor([0, 1, 3, 1]), n_samples=2),
+                 lambda: attribution.integrated_gradients(model, x, 3, n_steps=2)):
         with pytest.raises(ValueError, match=r"target holds class indices outside \[0, 2\]"):
             call()
         assert_untouched(model, before)
@@ -383,13 +389,26 @@ def test_valid_variants_still_accepted(batch):
 
     x, seg = batch
     model = tiny_model()
-    ref = grouped.grouped_gradient(model, x, seg, 1)
-    torch.testing.assert_close(grouped.grouped_gradient(model, x, seg, torch.tensor([1])), ref)
-    torch.testing.assert_close(grouped.grouped_gradient(model, x, seg, np.int64(1)), ref)
-    ig = grouped.integrated_gradients(model, x, 1, baseline=0.5, n_steps=3)
-    torch.testing.assert_close(grouped.integrated_gradients(model, x, 1, baseline=[0.5], n_steps=3), ig)
+    ref = grouped.grouped_gradient(model, x, 1, segments=seg)
+    torch.testing.assert_close(grouped.grouped_gradient(model, x, torch.tensor([1]), segments=seg), ref)
+    torch.testing.assert_close(grouped.grouped_gradient(model, x, np.int64(1), segments=seg), ref)
+    ig = attribution.integrated_gradients(model, x, 1, baseline=0.5, n_steps=3)
+    torch.testing.assert_close(attribution.integrated_gradients(model, x, 1, baseline=[0.5], n_steps=3), ig)
     torch.testing.assert_close(
-        grouped.integrated_gradients(model, x, 1, baseline=torch.full((1, 3, 1, 1), 0.5), n_steps=3), ig)
+        attribution.integrated_gradients(model, x, 1, baseline=torch.full((1, 3, 1, 1), 0.5), n_steps=3), ig)
     sparse = seg * 10 ** 12  # ids far beyond H*W: compacted, same means, no huge allocation
     torch.testing.assert_close(grouped.segment_average(ATTR[:1].expand(4, -1, -1, -1), sparse),
                                grouped.segment_average(ATTR[:1].expand(4, -1, -1, -1), seg))
+
+
+def test_older_argument_order_with_segments_third_is_still_accepted(batch):
+    x, seg = batch
+    model = tiny_model()
+    new = grouped.grouped_gradient(model, x, 1, segments=seg)
+    torch.testing.assert_close(grouped.grouped_gradient(model, x, seg, 1), new)
+    torch.testing.assert_close(grouped.grouped_gradient(model, x, seg),
+                               grouped.grouped_gradient(model, x, segments=seg))
+    with pytest.raises(TypeError, match="segments="):
+        grouped.grouped_gradient(model, x, 1)
+    with pytest.raises(TypeError, match="positional"):
+        grouped.grouped_gradient(model, x, 1, 2)

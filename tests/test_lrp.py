@@ -18,8 +18,9 @@ from zennit.layer import Sum
 from zennit.rules import Epsilon, Norm, ZBox, ZPlus
 from zennit.torchvision import ResNetCanonizer
 
-from xai_robust.lrp import captum_lrp, epsilon_composite, exmap_composite, lrp_flex, zennit_heatmap
+from xai_robust.lrp import lrp_flex, lrp_flex_result
 from xai_robust.models import Normalize
+from xai_robust.references import captum_lrp, epsilon_composite, exmap_composite, zennit_heatmap
 
 torch.set_num_threads(1)
 EPS = 0.01
@@ -261,7 +262,7 @@ def test_zennit_heatmap_helper_relevance_after_normalize():
     comp = _epsilon_composite(model, x, [SequentialMergeBatchNorm()])
     ours = zennit_heatmap(model, x, target, comp)
     # LRP-ε relevance at the output of `normalize` (the network input) from LRP-Flex
-    _, rel = lrp_flex(model, x, target, epsilon=EPS, layers=["0"])
+    _, rel, _ = lrp_flex_result(model, x, target, epsilon=EPS, layers=["0"])
     assert _rel_diff(ours, rel["0"]) <= 1e-6
     exmap = zennit_heatmap(model, x, target, exmap_composite(canonizers=[SequentialMergeBatchNorm()]))
     assert exmap.shape == x.shape and torch.isfinite(exmap).all() and _rel_diff(exmap, ours) > 1e-3
@@ -274,7 +275,7 @@ def test_package_reference_helpers_agree_with_lrp_flex():
     model = build("conv2net", 4, in_channels=3).double().eval()
     x = _x(2, 16)
     target = torch.tensor([1, 2])
-    _, rel = lrp_flex(model, x, target, epsilon=EPS, layers=["normalize"])
+    _, rel, _ = lrp_flex_result(model, x, target, epsilon=EPS, layers=["normalize"])
     snap = _snapshot(model)
     via_zennit = zennit_heatmap(model, x, target, epsilon_composite(model, x, EPS))
     via_captum = captum_lrp(model, x, target, epsilon=EPS)
@@ -296,7 +297,7 @@ def test_conservation_without_biases():
     # ε absorbs relevance: the total shrinks towards zero as ε grows, and tends to the logit as ε → 0
     small = lrp_flex(model, x, epsilon=1e-9).sum((1, 2, 3))
     assert torch.allclose(small, h0.sum((1, 2, 3)), rtol=1e-5)
-    _, rel = lrp_flex(model, x, epsilon=0.0, layers=["5", "9"])
+    _, rel, _ = lrp_flex_result(model, x, epsilon=0.0, layers=["5", "9"])
     for name in ("5", "9"):  # every layer conserves the logit (LRP-0, no bias)
         assert torch.allclose(rel[name].flatten(1).sum(1), h0.sum((1, 2, 3)), rtol=1e-10)
 
@@ -327,12 +328,12 @@ def test_layers_returns_relevance_and_logits():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=3).double().eval()
     x = _x(2, 32)
-    h, rel, logits = lrp_flex(model, x, layers=["layer1", "layer3"], return_logits=True)
+    h, rel, logits = lrp_flex_result(model, x, layers=["layer1", "layer3"])
     assert rel["layer1"].shape == (2, 64, 8, 8) and rel["layer3"].shape == (2, 256, 2, 2)
     assert torch.allclose(h, lrp_flex(model, x))
     assert torch.allclose(logits, model(x))
     with pytest.raises(ValueError, match="more than once"):
-        lrp_flex(model, x, layers=["layer1.0.relu"])
+        lrp_flex_result(model, x, layers=["layer1.0.relu"])
 
 
 # ---------------------------------------------------------------- differentiability
@@ -380,7 +381,7 @@ def test_returned_logits_backpropagate_true_gradients():
     # (e.g. the ISNet's cross-entropy term) must get the ordinary gradient
     model, x = _seq(), _x(3)
     y = torch.tensor([0, 1, 2])
-    _, logits = lrp_flex(model, x, y, create_graph=True, return_logits=True)
+    _, _, logits = lrp_flex_result(model, x, y, create_graph=True)
     got = torch.autograd.grad(F.cross_entropy(logits, y), list(model.parameters()))
     want = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
     assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-14) for a, b in zip(got, want, strict=True))
@@ -435,7 +436,7 @@ def test_frozen_batchnorm_is_eval_mode_with_the_batch_statistics(options):
     x = _x(5)
     target = None if options.get("quantity") == "joint" else torch.tensor([0, 1, 2, 3, 0])
     ref = _eval_copy_with_batch_stats(model, x)
-    heat, logits = lrp_flex(model, x, target, batchnorm="frozen", return_logits=True, **options)
+    heat, _, logits = lrp_flex_result(model, x, target, batchnorm="frozen", **options)
     assert torch.allclose(heat, lrp_flex(ref, x, target, **options), rtol=1e-9, atol=1e-13)
     with torch.no_grad():
         assert torch.allclose(logits, copy.deepcopy(model).train()(x), rtol=1e-12)  # the training forward
@@ -487,7 +488,7 @@ def test_model_restored_after_exception_in_forward():
     snap = _snapshot(model)
     for options in (dict(), dict(rule="zplus"), dict(first_layer="zb"), dict(layers=["2"])):
         with pytest.raises(RuntimeError, match="boom"):
-            lrp_flex(model, _x(), 0, **options)
+            lrp_flex_result(model, _x(), 0, **options)
         _assert_untouched(model, snap)
 
 
@@ -517,8 +518,21 @@ def test_bad_options():
     with pytest.raises(ValueError, match="epsilon"):
         lrp_flex(model, x, epsilon=-1)
     with pytest.raises(ValueError, match="no module named"):
-        lrp_flex(model, x, layers=["nope"])
+        lrp_flex_result(model, x, layers=["nope"])
     with pytest.raises(ValueError, match="joint"):
         lrp_flex(model, x, 1, quantity="joint")
     with pytest.raises(TypeError, match="floating"):
         lrp_flex(model, x.long())
+
+
+def test_lrp_flex_returns_the_heatmap_only_and_points_to_lrp_flex_result():
+    model = _seq()
+    x = _x()
+    heat = lrp_flex(model, x)
+    assert isinstance(heat, torch.Tensor) and heat.shape == x.shape
+    result = lrp_flex_result(model, x)
+    torch.testing.assert_close(result.heatmap, heat)
+    assert result.relevances == {} and result.logits.shape[0] == x.shape[0]
+    for removed in (dict(layers=["0"]), dict(return_logits=True)):
+        with pytest.raises(TypeError, match="lrp_flex_result"):
+            lrp_flex(model, x, **removed)

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 __all__ = ["device", "seed_everything", "cache_dir", "results_dir", "save_results", "load_results", "seed_spread"]
 
 _SUBMODULES = {"attribution", "checks", "cluster", "data", "dfr", "grouped", "isnet", "losses", "lrp", "metrics",
-               "models", "nas", "pretrain", "profiles", "sca", "superpixels", "train", "viz"}
+               "models", "nas", "pretrain", "profiles", "references", "sca", "superpixels", "train", "viz"}
 
 
 def __getattr__(name):  # lazy submodule import (PEP 562)

@@ -132,7 +132,7 @@ def heatmap_representations(
     Chapter 04.
 
     The relevance of the explained class starts at 1 (``relevance="one"``), as in ExMap's code
-    (zennit with a one-hot output relevance); LRP-Flex and :func:`xai_robust.lrp.zennit_heatmap` start
+    (zennit with a one-hot output relevance); LRP-Flex and :func:`xai_robust.references.zennit_heatmap` start
     it at the logit's value (Faster ISNet Eq. 3). LRP is linear in that seed, so the two maps differ by
     the factor :math:`1/z_t` per image, and after the division by the largest absolute value only its
     sign is left: with ``"one"`` the heatmap of an image whose explained logit is negative is negated.

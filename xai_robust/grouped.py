@@ -30,103 +30,27 @@ Chapter 06, *Super-pixel gradients*.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from .attribution import input_gradient, resolve_target, restore_model
-from .checks import check_count, check_finite, check_images, check_labels, check_model_input, check_number
+from .attribution import _check_explanation, input_gradient, integrated_gradients, restore_model, smoothgrad
+from .checks import check_images, check_model_input
 from .superpixels import _check_values, _segment_mean, check_segments
 
 __all__ = [
     "grouped_gradient",
     "grouped_smoothgrad",
     "grouped_integrated_gradients",
-    "smoothgrad",
-    "integrated_gradients",
     "segment_average",
     "grouped_attribution",
     "saliency_map",
 ]
 
-_OUTPUTS = ("logit", "probability")
 _REDUCTIONS = ("abs_sum", "sum", "abs_max", "l2")
-_TARGET_WORDS = ("predicted", "lowest", "stochastic")
-
-
-class _Softmax(nn.Module):
-    """``softmax(model(x))`` without touching ``model``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return torch.softmax(self.model(x), dim=1)
-
-
-def _explained(model: nn.Module, output: str) -> nn.Module:
-    """``model`` itself or its softmax (``model`` already checked by :func:`check_model_input`)."""
-    if output not in _OUTPUTS:
-        raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
-    return model if output == "logit" else _Softmax(model)
-
-
-def _check_target(target, n: int) -> None:
-    """Everything about ``target`` that can be checked before the model runs (type, integer dtype, length,
-    sign); the upper bound (one index per model output) is checked by
-    :func:`~xai_robust.attribution.resolve_target` on the logits, inside :func:`restore_model`."""
-    if target is None:
-        return
-    if isinstance(target, str):
-        if target not in _TARGET_WORDS:
-            raise ValueError(f"target={target!r} is not understood; use None, an int, a LongTensor of class "
-                             f"indices, or one of {_TARGET_WORDS}")
-        return
-    if isinstance(target, (bool, np.bool_)):
-        raise TypeError("target must be an int, a LongTensor or a string, not a bool")
-    if isinstance(target, (int, np.integer)):
-        t = torch.tensor([int(target)])
-    else:
-        try:
-            t = torch.as_tensor(target)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(f"target must be None, an int, a LongTensor[N] or a string, got "
-                            f"{type(target).__name__}") from err
-        t = t.reshape(-1)
-        if t.numel() != 1:
-            check_labels(t, n, None, name="target")
-        elif t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
-            raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}; use target.long()")
-    if t.numel() and int(t.min()) < 0:
-        raise ValueError(f"target holds negative class indices (min {int(t.min())}); class indices are 0 .. K-1")
-
-
-def _check_explanation(model, x, target, output, name="x") -> nn.Module:
-    """The checks every gradient explanation shares, before the model is touched; returns the explained module."""
-    check_model_input(model, x, name)
-    explained = _explained(model, output)
-    _check_target(target, x.shape[0])
-    return explained
 
 
 def _check_segments_for(segments, x) -> torch.Tensor:
     return check_segments(segments, (x.shape[0], x.shape[2], x.shape[3])).to(x.device)
-
-
-def _resolve(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
-    with torch.no_grad():
-        return resolve_target(model(x), target)
-
-
-def _batched_gradient(model, inputs, target, batch_size, progress, desc):
-    """Input gradients of a large stacked batch, ``batch_size`` images per backward pass."""
-    chunks = range(0, inputs.shape[0], batch_size)
-    if progress and len(chunks) > 1:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc=desc, leave=False)
-    return torch.cat([input_gradient(model, inputs[i:i + batch_size], target[i:i + batch_size]) for i in chunks])
 
 
 def segment_average(attribution: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
@@ -191,7 +115,25 @@ def grouped_attribution(attribute, x: torch.Tensor, segments: torch.Tensor, **kw
     return segment_average(attribute(x, **kwargs), segments)
 
 
-def grouped_gradient(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, target=None, *,
+def _legacy_order(target, legacy, segments, name):
+    """Accept the older order ``f(model, x, segments, target)``: a partition (an integer tensor of shape
+    (N, H, W)) in the ``target`` position is the partition, and the next positional argument the target."""
+    looks_like_partition = isinstance(target, torch.Tensor) and target.dim() == 3 and not target.is_floating_point()
+    if segments is None and looks_like_partition:
+        if len(legacy) > 1:
+            raise TypeError(f"{name}() takes model, x, target and keyword options; got {2 + 1 + len(legacy)} "
+                            "positional arguments")
+        return (legacy[0] if legacy else None), target
+    if legacy:
+        raise TypeError(f"{name}() takes at most 3 positional arguments (model, x, target); pass segments=... "
+                        "and the options by keyword")
+    if segments is None:
+        raise TypeError(f"{name}() needs segments=: a LongTensor[N, H, W] partition of x "
+                        "(xai_robust.superpixels.segment)")
+    return target, segments
+
+
+def grouped_gradient(model: nn.Module, x: torch.Tensor, target=None, *legacy, segments: torch.Tensor | None = None,
                      output: str = "logit") -> torch.Tensor:
     """Grouped Simple Gradient, g-SG (Gong et al., BMVC 2024, Eq. 3).
 
@@ -205,11 +147,12 @@ def grouped_gradient(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, 
         Classifier taking pixels in [0, 1]; explained in eval mode and left as found.
     x : torch.Tensor
         ``[N, C, H, W]`` images.
-    segments : torch.Tensor
-        ``LongTensor[N, H, W]`` partition of ``x`` (:func:`xai_robust.superpixels.segment`).
     target : None, int, LongTensor[N] or str
         Explained class (:func:`xai_robust.attribution.resolve_target`); None = predicted class, as in
         the paper's Definition 1.
+    segments : torch.Tensor
+        ``LongTensor[N, H, W]`` partition of ``x`` (:func:`xai_robust.superpixels.segment`), by keyword. The
+        older order ``grouped_gradient(model, x, segments, target)`` is still accepted.
     output : {"logit", "probability"}
         Explain the logit (default, as captum's ``Saliency``) or the softmax probability.
 
@@ -223,6 +166,7 @@ def grouped_gradient(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, 
     Chapter 06, *Super-pixel gradients*. The cost is one gradient plus ``O(N C H W)`` scatter-adds
     (``benchmarks/grouped_speed.py`` measures the ratio to a plain gradient).
     """
+    target, segments = _legacy_order(target, legacy, segments, "grouped_gradient")
     explained = _check_explanation(model, x, target, output)
     segments = _check_segments_for(segments, x)
     with restore_model(model):
@@ -231,55 +175,7 @@ def grouped_gradient(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, 
     return _segment_mean(grad, segments)
 
 
-def _check_smoothgrad_options(n_samples, noise_level, seed, batch_size):
-    check_count(n_samples, "n_samples")
-    check_number(noise_level, "noise_level", low=0.0)
-    check_count(seed, "seed", minimum=0)
-    check_count(batch_size, "batch_size")
-
-
-def _noisy_inputs(x, n_samples, noise_level, seed):
-    _check_smoothgrad_options(n_samples, noise_level, seed, 1)
-    span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    eps = torch.randn((n_samples,) + tuple(x.shape), generator=gen, dtype=x.dtype).to(x.device)
-    return (x.unsqueeze(0) + noise_level * span.unsqueeze(0) * eps).reshape(-1, *x.shape[1:])
-
-
-def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, *, n_samples: int = 16, noise_level: float = 0.15,
-               seed: int = 0, batch_size: int = 256, output: str = "logit", progress: bool = False) -> torch.Tensor:
-    """SmoothGrad (Smilkov et al., 2017): the input gradient averaged over noisy copies of ``x``.
-
-    Parameters
-    ----------
-    model, x, target, output
-        As in :func:`grouped_gradient`. The target is resolved once on the clean images.
-    n_samples : int
-        Number of noisy copies per image.
-    noise_level : float
-        Standard deviation of the Gaussian noise as a fraction of each image's value range
-        (``max - min``), as in Smilkov et al.
-    seed : int
-        Seed of the noise.
-    batch_size : int
-        Images per backward pass.
-
-    Returns
-    -------
-    torch.Tensor
-        Map with the shape of ``x``.
-    """
-    explained = _check_explanation(model, x, target, output)
-    _check_smoothgrad_options(n_samples, noise_level, seed, batch_size)
-    with restore_model(model):
-        model.eval()
-        t = _resolve(explained, x, target)
-        noisy = _noisy_inputs(x, n_samples, noise_level, seed)
-        grads = _batched_gradient(explained, noisy, t.repeat(n_samples), batch_size, progress, "SmoothGrad")
-    return grads.view(n_samples, *x.shape).mean(0)
-
-
-def grouped_smoothgrad(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, target=None,
+def grouped_smoothgrad(model: nn.Module, x: torch.Tensor, target=None, *legacy, segments: torch.Tensor | None = None,
                        **kwargs) -> torch.Tensor:
     """Grouped SmoothGrad: SmoothGrad averaged over the segments of the clean image.
 
@@ -289,87 +185,33 @@ def grouped_smoothgrad(model: nn.Module, x: torch.Tensor, segments: torch.Tensor
 
     Parameters
     ----------
-    model, x, segments, target
-        As in :func:`grouped_gradient`.
+    model, x, target, segments
+        As in :func:`grouped_gradient` (``segments`` by keyword).
     **kwargs
-        ``n_samples``, ``noise_level``, ``seed``, ``batch_size``, ``output``, ``progress`` of :func:`smoothgrad`.
+        ``n_samples``, ``noise_level``, ``seed``, ``batch_size``, ``output``, ``progress`` of
+        :func:`xai_robust.attribution.smoothgrad`.
 
     Notes
     -----
     Chapter 06.
     """
+    target, segments = _legacy_order(target, legacy, segments, "grouped_smoothgrad")
     check_model_input(model, x)
     segments = _check_segments_for(segments, x)
     return _segment_mean(smoothgrad(model, x, target, **kwargs), segments)
 
 
-def _check_baseline(baseline, x) -> torch.Tensor:
-    """The IG reference image as a tensor with the shape, dtype and device of ``x``: finite and broadcastable."""
-    if isinstance(baseline, (list, tuple)):
-        baseline = np.asarray(baseline, dtype=np.float64)
-    if isinstance(baseline, (torch.Tensor, np.ndarray)):
-        check_finite(baseline, "baseline")
-        base = torch.as_tensor(baseline, device=x.device)
-        if base.is_complex():
-            raise TypeError(f"baseline must be real, got dtype {base.dtype}")
-        try:
-            shape = torch.broadcast_shapes(base.shape, x.shape)
-        except RuntimeError:
-            shape = None
-        if shape != x.shape:
-            raise ValueError(f"baseline of shape {tuple(base.shape)} does not broadcast to x's shape "
-                             f"{tuple(x.shape)}; pass a number, one image (1, C, H, W) or one per image")
-        return base.to(x.dtype).expand_as(x)
-    check_number(baseline, "baseline")
-    return torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
-
-
-def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, *, baseline=0.0, n_steps: int = 32,
-                         batch_size: int = 256, output: str = "logit", progress: bool = False) -> torch.Tensor:
-    """Integrated Gradients (Sundararajan et al., 2017) with the midpoint Riemann rule.
-
-    ``IG(x) = (x - x') * (1/m) * sum_k grad f(x' + (k + 1/2)/m (x - x'))`` — identical to captum's
-    ``IntegratedGradients(..., method="riemann_middle", n_steps=m)``.
-
-    Parameters
-    ----------
-    model, x, target, output
-        As in :func:`grouped_gradient`. The target is resolved once on ``x``.
-    baseline : float or torch.Tensor
-        Reference image ``x'`` (broadcastable to ``x``); default black.
-    n_steps : int
-        Number of points ``m`` on the path.
-    batch_size : int
-        Images per backward pass.
-
-    Returns
-    -------
-    torch.Tensor
-        Map with the shape of ``x``.
-    """
-    explained = _check_explanation(model, x, target, output)
-    check_count(n_steps, "n_steps")
-    check_count(batch_size, "batch_size")
-    base = _check_baseline(baseline, x)
-    alphas = (torch.arange(n_steps, dtype=x.dtype, device=x.device) + 0.5) / n_steps
-    with restore_model(model):
-        model.eval()
-        t = _resolve(explained, x, target)
-        path = (base.unsqueeze(0) + alphas.view(-1, 1, 1, 1, 1) * (x - base).unsqueeze(0)).reshape(-1, *x.shape[1:])
-        grads = _batched_gradient(explained, path, t.repeat(n_steps), batch_size, progress, "Integrated Gradients")
-    return (x - base) * grads.view(n_steps, *x.shape).mean(0)
-
-
-def grouped_integrated_gradients(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, target=None,
-                                 **kwargs) -> torch.Tensor:
+def grouped_integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, *legacy,
+                                 segments: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """Grouped Integrated Gradients: the IG map averaged over the segments of ``x``.
 
     Parameters
     ----------
-    model, x, segments, target
-        As in :func:`grouped_gradient`.
+    model, x, target, segments
+        As in :func:`grouped_gradient` (``segments`` by keyword).
     **kwargs
-        ``baseline``, ``n_steps``, ``batch_size``, ``output``, ``progress`` of :func:`integrated_gradients`.
+        ``baseline``, ``n_steps``, ``batch_size``, ``output``, ``progress`` of
+        :func:`xai_robust.attribution.integrated_gradients`.
 
     Notes
     -----
@@ -377,6 +219,7 @@ def grouped_integrated_gradients(model: nn.Module, x: torch.Tensor, segments: to
     method, with the partition of the original image). Averaging keeps IG's completeness: the sum
     of the grouped map over each segment equals that of the IG map. Chapter 06.
     """
+    target, segments = _legacy_order(target, legacy, segments, "grouped_integrated_gradients")
     check_model_input(model, x)
     segments = _check_segments_for(segments, x)
     return _segment_mean(integrated_gradients(model, x, target, **kwargs), segments)

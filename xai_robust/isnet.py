@@ -71,14 +71,10 @@ def stochastic_targets(logits: torch.Tensor, generator: torch.Generator | None =
 
 def _lrp(model, x, target, *, layers, **options):
     """LRP-Flex heatmap, inner relevances and the logits of its forward pass."""
-    from .lrp import lrp_flex  # imported lazily: the loss pieces work without it
-    out = lrp_flex(model, x, target, create_graph=options.pop("create_graph"), layers=layers or None,
-                   return_logits=True, **options)
-    if layers:
-        heatmap, inner, logits = out
-        return heatmap, dict(inner), logits
-    heatmap, logits = out
-    return heatmap, {}, logits
+    from .lrp import lrp_flex_result
+
+    heatmap, inner, logits = lrp_flex_result(model, x, target, layers=layers or None, **options)
+    return heatmap, dict(inner), logits
 
 
 def _softmax_gradxinput(model, x):

@@ -54,16 +54,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attribution import resolve_target, restore_model
-from .checks import check_dtype, check_finite, check_model_input
+from .checks import check_dtype, check_finite
 
-__all__ = ["lrp_flex", "relu_fed_layers", "epsilon_composite", "exmap_composite", "zennit_heatmap", "captum_lrp",
-           "UNSUPPORTED_ACTIVATIONS", "SUPPORTED_MODULES"]
+__all__ = ["lrp_flex", "lrp_flex_result", "LRPResult", "UNSUPPORTED_ACTIVATIONS", "SUPPORTED_MODULES"]
 
 #: Nonlinearity modules LRP-Flex can see but not explain; ``lrp_flex`` refuses models containing them.
 UNSUPPORTED_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.PReLU,
@@ -528,11 +528,22 @@ def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, b
 # --------------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------------
+class LRPResult(NamedTuple):
+    """What :func:`lrp_flex_result` returns: the heatmap, the relevance at named layers, the logits."""
+
+    heatmap: torch.Tensor
+    relevances: dict
+    logits: torch.Tensor
+
+
 def lrp_flex(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float = 0.01, create_graph: bool = False,
              quantity: str = "logit", mu: float = 0.01, rule: str = "epsilon", first_layer: str | None = None,
-             bounds=(0.0, 1.0), layers=None, generator: torch.Generator | None = None, batchnorm: str = "eval",
-             return_logits: bool = False):
+             bounds=(0.0, 1.0), generator: torch.Generator | None = None, batchnorm: str = "eval",
+             **removed) -> torch.Tensor:
     """LRP heatmaps of any ReLU network by a modified backward pass (LRP-Flex; Faster ISNet, Sec. II-G).
+
+    Returns the heatmap only; :func:`lrp_flex_result` (same options plus ``layers``) also gives the relevance at
+    hidden layers and the logits of the explanation's forward pass.
 
     Chapter 02 derives why this is LRP-ε and checks it against zennit; chapter 03 trains on these heatmaps.
 
@@ -571,9 +582,6 @@ def lrp_flex(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float =
         the z^B relevance of the pixels; the ReLU right after the layer passes relevance unchanged.
     bounds : (low, high)
         Pixel bounds for z^B: numbers or tensors broadcastable to ``x``.
-    layers : list of str, optional
-        Module names (``model.named_modules()``) whose *output* relevance ``a ⊙ G`` to return as well (LRP deep
-        supervision, Sec. II-H). Name ReLUs or blocks ('layer1'); a module called twice per forward is refused.
     generator : torch.Generator, optional
         Randomness for ``target='stochastic'``.
     batchnorm : {'eval', 'batch', 'frozen'}
@@ -584,14 +592,11 @@ def lrp_flex(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float =
         BatchNorm as the affine map with the batch statistics held constant. With ``'batch'`` and ``'frozen'`` a
         model in training mode runs its training forward pass, which updates BatchNorm running statistics as
         any training step does: use them inside a training step (as :func:`xai_robust.isnet.isnet_loss` does).
-    return_logits : bool
-        Also return the logits of the explanation forward pass (last element of the result).
 
     Returns
     -------
-    Tensor or tuple
-        The heatmap (shape of ``x``); with ``layers``, ``(heatmap, {name: relevance})``; with ``return_logits``
-        the logits are appended.
+    Tensor
+        The heatmap (shape of ``x``).
 
     Raises
     ------
@@ -604,6 +609,41 @@ def lrp_flex(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float =
     on every layer a ReLU follows, ``Norm()`` on pooling/output/residual branches and BatchNorm merged
     (tested to 1e-6 in float64, tests/test_lrp.py). Functional ``relu`` calls are invisible (plain gradient).
     """
+    if removed:
+        moved = sorted(set(removed) & {"layers", "return_logits"})
+        if moved:
+            raise TypeError(f"lrp_flex returns the heatmap only; for {moved} call lrp.lrp_flex_result(model, x, ...,"
+                            " layers=[...]), which returns (heatmap, relevances, logits)")
+        raise TypeError(f"lrp_flex() got unexpected keyword arguments {sorted(removed)}")
+    return lrp_flex_result(model, x, target, epsilon=epsilon, create_graph=create_graph, quantity=quantity, mu=mu,
+                           rule=rule, first_layer=first_layer, bounds=bounds, generator=generator,
+                           batchnorm=batchnorm).heatmap
+
+
+def lrp_flex_result(model: nn.Module, x: torch.Tensor, target=None, *, layers=None, **options) -> LRPResult:
+    """:func:`lrp_flex` with its by-products: ``LRPResult(heatmap, relevances, logits)``.
+
+    Parameters
+    ----------
+    model, x, target, **options
+        As in :func:`lrp_flex` (``epsilon``, ``create_graph``, ``quantity``, ``mu``, ``rule``, ``first_layer``,
+        ``bounds``, ``generator``, ``batchnorm``).
+    layers : list of str, optional
+        Module names (``model.named_modules()``) whose *output* relevance ``a ⊙ G`` to return as well (LRP deep
+        supervision, Sec. II-H). Name ReLUs or blocks ('layer1'); a module called twice per forward is refused.
+
+    Returns
+    -------
+    LRPResult
+        ``heatmap`` (shape of ``x``), ``relevances`` (``{name: relevance}``, empty without ``layers``) and
+        ``logits`` (of the explanation's forward pass; differentiable with ``create_graph``). Chapters 02, 03.
+    """
+    return _lrp_flex(model, x, target, layers=layers, **options)
+
+
+def _lrp_flex(model, x, target=None, *, epsilon: float = 0.01, create_graph: bool = False, quantity: str = "logit",
+              mu: float = 0.01, rule: str = "epsilon", first_layer: str | None = None, bounds=(0.0, 1.0), layers=None,
+              generator: torch.Generator | None = None, batchnorm: str = "eval") -> LRPResult:
     _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, batchnorm, target)
     xg = x if (x.requires_grad and create_graph) else x.detach().requires_grad_(True)
     state = _State(model, xg, rule, first_layer, float(epsilon), bounds, layers, batchnorm)
@@ -654,226 +694,4 @@ def lrp_flex(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float =
         heatmap = heatmap.detach()
         relevances = {n: r.detach() for n, r in relevances.items()}
         logits = logits.detach()
-    result = (heatmap,)
-    if layers is not None:
-        result += (relevances,)
-    if return_logits:
-        result += (logits,)
-    return result[0] if len(result) == 1 else result
-
-
-# --------------------------------------------------------------------------------------------------
-# zennit helpers (independent references and rule mixes for the chapters)
-# --------------------------------------------------------------------------------------------------
-def relu_fed_layers(model: nn.Module, x: torch.Tensor, extra_types=()) -> set:
-    """Names of the conv/linear modules (and ``extra_types``) whose output feeds an ``nn.ReLU``.
-
-    Found by tracing one forward pass. A BatchNorm between a layer and its ReLU counts for the layer (as if
-    merged). These are the layers where LRP-Flex applies LRP-ε; every other layer gets LRP-0 (chapter 02).
-    """
-    owner, followed, handles = {}, set(), []
-    inplace = [(m, m.inplace) for m in model.modules() if isinstance(m, nn.ReLU)]
-
-    def layer_hook(name):
-        def hook(module, args, out):
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                src = owner.get(id(args[0]))
-                if src is not None:
-                    owner[id(out)] = src
-                return
-            owner[id(out)] = name
-        return hook
-
-    def relu_hook(module, args, out):
-        src = owner.get(id(args[0]))
-        if src is not None:
-            followed.add(src)
-
-    try:
-        for m, _ in inplace:
-            m.inplace = False
-        with restore_model(model):
-            model.eval()
-            for name, m in model.named_modules():
-                if isinstance(m, (*_LAYERS, nn.modules.batchnorm._BatchNorm, *extra_types)):
-                    handles.append(m.register_forward_hook(layer_hook(name)))
-                elif isinstance(m, nn.ReLU):
-                    handles.append(m.register_forward_hook(relu_hook))
-            with torch.no_grad():
-                model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in inplace:
-            m.inplace = flag
-    return followed
-
-
-def epsilon_composite(model: nn.Module, x: torch.Tensor, epsilon: float = 0.01, *, canonizers=None,
-                      first_layer=None):
-    """The zennit composite that computes what :func:`lrp_flex` computes (chapter 02's reference).
-
-    ``Epsilon(ε)`` on every conv/linear (or residual ``Sum``) a ReLU follows, ``Norm()`` (LRP-0) on the other
-    layers, pooling and the output layer, BatchNorm merged by the canonizers (default: zennit's
-    ``ResNetCanonizer``, which also merges conv→BatchNorm pairs of any model in sequential order).
-
-    Parameters
-    ----------
-    model : nn.Module
-    x : Tensor
-        A batch to trace which layers feed a ReLU (with the canonizers applied).
-    epsilon : float
-    canonizers : list, optional
-    first_layer : (name, zennit rule), optional
-        A rule for one named module, e.g. ``("conv1", ZBox(low, high))``.
-
-    Returns
-    -------
-    zennit.core.Composite
-    """
-    from zennit.core import Composite
-    from zennit.layer import Sum
-    from zennit.rules import Epsilon, Norm
-    from zennit.torchvision import ResNetCanonizer
-
-    canonizers = [ResNetCanonizer()] if canonizers is None else canonizers
-    tracer = Composite(module_map=lambda ctx, name, module: None, canonizers=canonizers)
-    with tracer.context(model):
-        followed = relu_fed_layers(model, x, extra_types=(Sum,))
-    tiny = 1e-12 if x.dtype == torch.float64 else 1e-30
-
-    def module_map(ctx, name, module):
-        if first_layer is not None and name == first_layer[0]:
-            return first_layer[1]
-        if isinstance(module, (*_LAYERS, Sum)):
-            return Epsilon(epsilon) if name in followed else Norm(tiny)
-        if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                               nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
-            return Norm(tiny)
-        return None
-
-    return Composite(module_map=module_map, canonizers=canonizers)
-
-
-def captum_lrp(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float = 0.01,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """LRP-ε from captum's ``LRP`` with the same rule placement as :func:`lrp_flex` (chapter 02).
-
-    ``EpsilonRule(ε)`` on the layers a ReLU follows, a (near) zero ε elsewhere (pooling, ``Flatten``, the
-    output layer), ``IdentityRule`` on other modules captum has no rule for (``normalize``), so the result is
-    the relevance at the network input after ``normalize``, as for :func:`zennit_heatmap`. captum refuses
-    weighted or pooling modules that run twice, merges no BatchNorm and has no rule for residual sums written
-    as ``+`` in ``forward`` (the sum passes relevance as a gradient, duplicating it), so on ResNets its map is
-    not LRP-ε; on plain ReLU networks (Conv2Net, VGG) it is. The attributes captum attaches are removed.
-
-    Returns
-    -------
-    Tensor
-        Relevance with the shape of ``x``.
-    """
-    from captum.attr import LRP
-    from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
-    from captum.attr._utils.lrp_rules import EpsilonRule, IdentityRule
-
-    check_model_input(model, x)
-    followed = relu_fed_layers(model, x)
-    before = {m: set(vars(m)) for m in model.modules()}
-    tiny = 1e-12 if x.dtype == torch.float64 else 1e-30
-    try:
-        with restore_model(model):
-            model.eval()
-            with torch.no_grad():
-                t = resolve_target(model(x), target, generator)
-            for name, m in model.named_modules():
-                if len(list(m.children())) > 0:
-                    continue
-                if isinstance(m, _LAYERS):
-                    m.rule = EpsilonRule(epsilon if name in followed else tiny)
-                elif type(m) in SUPPORTED_LAYERS_WITH_RULES or isinstance(m, nn.Flatten):
-                    m.rule = EpsilonRule(tiny)  # LRP-0: pooling, and reshaping (relevance moves with its value)
-                elif type(m) not in SUPPORTED_NON_LINEAR_LAYERS:
-                    m.rule = IdentityRule()
-            with torch.enable_grad():
-                relevance = LRP(model).attribute(x.detach().clone().requires_grad_(True), target=t)
-    finally:
-        for m, keys in before.items():
-            for key in set(vars(m)) - keys:
-                delattr(m, key)
-    return relevance.detach()
-
-
-def exmap_composite(gamma: float = 4.0, epsilon: float = 1e-6, canonizers=None):
-    """The zennit composite ExMap uses: ``Epsilon(ε)`` on linear layers, ``Gamma(γ)`` on convolutions.
-
-    ExMap (Chakraborty et al., 2024) computes its heatmaps with zennit, a ResNet canonizer (BatchNorm merged,
-    residual sums made explicit), ε = 1e-6 on dense layers and γ = 4 on all convolutions (chapter 04; chapter
-    02 compares it with LRP-Flex). Pooling and sums get ``Norm()``, activations pass relevance.
-
-    Parameters
-    ----------
-    gamma : float
-        γ of the γ-rule on convolutions.
-    epsilon : float
-        ε on linear layers.
-    canonizers : list, optional
-        zennit canonizers; default ``[ResNetCanonizer()]`` (which also merges BatchNorm in sequential order).
-
-    Returns
-    -------
-    zennit.composites.LayerMapComposite
-    """
-    from zennit.composites import LayerMapComposite
-    from zennit.layer import Sum
-    from zennit.rules import Epsilon, Gamma, Norm, Pass
-    from zennit.torchvision import ResNetCanonizer
-    from zennit.types import Activation, AvgPool, Convolution
-
-    if canonizers is None:
-        canonizers = [ResNetCanonizer()]
-    layer_map = [(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm()), (nn.Linear, Epsilon(epsilon)),
-                 (Convolution, Gamma(gamma))]
-    return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
-
-
-def zennit_heatmap(model: nn.Module, x: torch.Tensor, target=None, composite=None, *,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """LRP heatmap from zennit (Anders et al.) with relevance seeded at the target logit's value.
-
-    The model is evaluated in eval mode (zennit's canonizers merge BatchNorm with running statistics) and
-    left as found. When the model starts with the package's ``normalize`` module (no rule there), zennit's
-    result is the relevance at the network input after ``normalize`` sent back through its gradient; we undo
-    that gradient (multiply by ``normalize.std``) so the map is the relevance at the first layer's input - for
-    z^B/γ first layers this equals the pixel relevance (chapter 02).
-
-    Parameters
-    ----------
-    model : nn.Module
-    x : Tensor[N, C, H, W]
-    target : see :func:`xai_robust.attribution.resolve_target`
-    composite : zennit composite, e.g. :func:`exmap_composite` (default ``exmap_composite()``)
-    generator : torch.Generator, optional
-
-    Returns
-    -------
-    Tensor
-        Relevance with the shape of ``x``.
-    """
-    from zennit.attribution import Gradient
-
-    check_model_input(model, x)
-    if isinstance(target, str) and target == "label":
-        raise ValueError("target='label' is not accepted: pass the labels themselves as a LongTensor[N]")
-    composite = exmap_composite() if composite is None else composite
-    def seed(out):  # relevance starts at the target logit's value (Faster ISNet, Eq. 3)
-        t = resolve_target(out, target, generator)
-        return F.one_hot(t, out.shape[1]).to(out.dtype) * out
-
-    with restore_model(model):
-        model.eval()
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad(), Gradient(model=model, composite=composite) as attributor:
-            _, relevance = attributor(xg, seed)
-    norms = [m for m in _normalizers(model) if isinstance(getattr(m, "std", None), torch.Tensor)]
-    if norms:
-        relevance = relevance * norms[0].std.to(relevance)
-    return relevance.detach()
+    return LRPResult(heatmap, relevances, logits)
