@@ -365,3 +365,19 @@ def test_isnet_heatmaps_leave_batchnorm_statistics_alone():
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_isnet_heatmaps_calling_shape_target_third():
+    lrp = lrp_module()
+    model = tiny_cnn().double().eval()
+    x, _, _ = batch()
+    x = x.double()
+    lowest = model(x).argmin(1)
+    default = isnet.isnet_heatmaps(model, x, variant="selective")["input"]
+    torch.testing.assert_close(isnet.isnet_heatmaps(model, x, lowest, variant="selective")["input"], default)
+    other = torch.zeros_like(lowest)
+    torch.testing.assert_close(isnet.isnet_heatmaps(model, x, other, variant="selective")["input"][:, 0],
+                               lrp.lrp_flex(model, x, other, quantity="eta"))
+    for variant in ("original", "dual"):
+        with pytest.raises(ValueError, match="target=None"):
+            isnet.isnet_heatmaps(model, x, other, variant=variant)

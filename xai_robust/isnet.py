@@ -95,11 +95,10 @@ def _batchnorm_eval(model: nn.Module) -> None:
             m.eval()
 
 
-def isnet_heatmaps(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | None = None, *, variant: str,
+def isnet_heatmaps(model: nn.Module, x: torch.Tensor, target=None, *, variant: str, logits: torch.Tensor | None = None,
                    epsilon: float = 0.01, mu: float = 0.01, first_layer: str | None = None,
                    layers: list[str] | None = None, generator: torch.Generator | None = None,
-                   create_graph: bool = False, bounds=(0.0, 1.0), batchnorm: str = "eval",
-                   return_logits: bool = False):
+                   create_graph: bool = False, bounds=(0.0, 1.0), batchnorm: str = "eval") -> dict:
     """The heatmaps an ISNet variant penalises for a batch (Faster ISNet §II-B, §II-F). Chapter 03.
 
     Parameters
@@ -107,10 +106,14 @@ def isnet_heatmaps(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | Non
     model : nn.Module
         A ReLU classifier taking pixels in [0, 1].
     x : Tensor[N, C, H, W]
+    target : None, int or LongTensor[N], optional
+        The explained class for the one-map variants: None = the variant's own choice (the lowest logit for
+        selective, the stochastic draw for stochastic); "original" explains every class and "dual" every logit
+        jointly, so they take no target.
+    variant : {"original", "selective", "stochastic", "dual", "gradxinput"}
     logits : Tensor[N, K], optional
         Logits that choose the explained classes; by default the explanation's own forward pass chooses them
         (one forward pass serves both).
-    variant : {"original", "selective", "stochastic", "dual", "gradxinput"}
     epsilon, mu, first_layer, bounds
         LRP-Flex options (ε of LRP-ε; μ of η̃; ``"zb"`` for the z^B first-layer rule and its bounds).
     layers : list of str, optional
@@ -122,17 +125,24 @@ def isnet_heatmaps(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | Non
         Differentiable heatmaps (training).
     batchnorm : {"eval", "batch", "frozen"}
         BatchNorm during the explanation (:func:`xai_robust.lrp.lrp_flex`); :func:`isnet_loss` uses "frozen".
-    return_logits : bool
-        Also return the logits of the (first) explanation forward pass, one row per image.
 
     Returns
     -------
     dict
         ``{"input": Tensor[N, K, C, H, W], <layer>: Tensor[N, K, ...]}`` where K is the number of heatmaps
         per image (classes for "original", 1 for selective/stochastic, 1 per map for dual). The Dual
-        ISNet's z⁺ maps are under ``"zplus:input"`` and ``"zplus:<layer>"``. With ``return_logits``, the
-        pair ``(maps, logits)``.
+        ISNet's z⁺ maps are under ``"zplus:input"`` and ``"zplus:<layer>"``.
     """
+    if target is not None and variant in ("original", "dual", "gradxinput"):
+        raise ValueError(f"variant={variant!r} explains every class (or every logit jointly): leave target=None")
+    return _heatmaps(model, x, target, variant=variant, logits=logits, epsilon=epsilon, mu=mu,
+                     first_layer=first_layer, layers=layers, generator=generator, create_graph=create_graph,
+                     bounds=bounds, batchnorm=batchnorm)[0]
+
+
+def _heatmaps(model, x, target=None, *, variant, logits=None, epsilon=0.01, mu=0.01, first_layer=None, layers=None,
+              generator=None, create_graph=False, bounds=(0.0, 1.0), batchnorm="eval"):
+    """:func:`isnet_heatmaps` and the logits of the (first) explanation forward pass, one row per image."""
     check_model_input(model, x)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -145,7 +155,7 @@ def isnet_heatmaps(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | Non
             with torch.enable_grad():
                 logits_g, maps = _softmax_gradxinput(model, x)
         maps = {"input": maps if create_graph else maps.detach()}
-        return (maps, logits_g if create_graph else logits_g.detach()) if return_logits else maps
+        return maps, (logits_g if create_graph else logits_g.detach())
     n = x.shape[0]
     opts = dict(epsilon=epsilon, create_graph=create_graph, first_layer=first_layer, bounds=bounds,
                 batchnorm=batchnorm)
@@ -168,15 +178,17 @@ def isnet_heatmaps(model: nn.Module, x: torch.Tensor, logits: torch.Tensor | Non
         # each image repeated k times: a training-mode BatchNorm sees the same batch mean and variance
         fwd = put("", *_lrp(model, xr, target, layers=layers, quantity="logit", **opts), k)[::k]
     elif variant == "selective":
-        target = "lowest" if logits is None else logits.detach().argmin(1)  # the LOWEST logit (§II-F.2)
+        if target is None:  # the LOWEST logit (§II-F.2)
+            target = "lowest" if logits is None else logits.detach().argmin(1)
         fwd = put("", *_lrp(model, x, target, layers=layers, quantity="eta", mu=mu, **opts), 1)
     elif variant == "stochastic":
-        target = stochastic_targets(logits, generator) if logits is not None else "stochastic"
+        if target is None:
+            target = stochastic_targets(logits, generator) if logits is not None else "stochastic"
         fwd = put("", *_lrp(model, x, target, layers=layers, quantity="logit", generator=generator, **opts), 1)
     else:  # dual
         fwd = put("", *_lrp(model, x, None, layers=layers, quantity="joint", rule="epsilon", **opts), 1)
         put(ZPLUS, *_lrp(model, x, None, layers=layers, quantity="joint", rule="zplus", **opts), 1)
-    return (out, fwd) if return_logits else out
+    return out, fwd
 
 
 def _range_for(ranges, key: str) -> tuple[float, float]:
@@ -264,9 +276,9 @@ def isnet_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.
     else:
         has_train_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
         shared = batchnorm != "eval" or not has_train_bn  # without training-mode BatchNorm "eval" changes nothing
-        maps, fwd = isnet_heatmaps(model, x, variant=variant, epsilon=epsilon, mu=mu, first_layer=first_layer,
-                                   layers=layers, generator=generator, create_graph=True, bounds=bounds,
-                                   batchnorm=batchnorm, return_logits=True)
+        maps, fwd = _heatmaps(model, x, variant=variant, epsilon=epsilon, mu=mu, first_layer=first_layer,
+                              layers=layers, generator=generator, create_graph=True, bounds=bounds,
+                              batchnorm=batchnorm)
         logits = fwd if shared else model(x)
     check_labels(y, None, logits.shape[1], "y")
     ce = F.cross_entropy(logits, y)
