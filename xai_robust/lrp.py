@@ -254,163 +254,251 @@ def _frozen_batchnorm(bn, inp, stats):
     return inp * scale.reshape((1, -1) + (1,) * (inp.dim() - 2))
 
 
-class _State:
-    def __init__(self, model, x, rule, first_layer, epsilon, bounds, layers, batchnorm="eval"):
-        self.model, self.x, self.rule, self.first_layer = model, x, rule, first_layer
-        self.batchnorm = batchnorm
-        self.epsilon, self.bounds = epsilon, bounds
+class _Explanation:
+    """What the rules of one LRP-Flex call share: the input, ε, the switch, and where ``normalize`` put ``x``."""
+
+    def __init__(self, x, epsilon):
+        self.x, self.epsilon = x, epsilon
         self.switch = _Switch()
-        self.layer_names = list(layers or [])
-        self.captured: dict[str, torch.Tensor] = {}
-        self.last = None            # (rerouted output, layer module, layer input, is_first) of the latest layer
-        self.first_out = None       # output of the first layer (after folding a following BatchNorm)
-        self.first_seen = False
-        self.zr_of = []             # (rerouted output, zr) pairs, to seed Eq. 5 at the logits
-        self.bound_leaves = None    # (low, high) leaves in pixel space for z^B
-        self.normalize_out = None
+        self.normalize_out = None     # output of the model's normalize module when it reads x
         self.normalize_module = None
-        self.in_prefix = False
+        self.in_prefix = False        # True while a rule re-runs normalize itself (no rule fires then)
+
+    def run_prefix(self, fn, *args):
+        """Call ``fn`` (e.g. ``normalize``) without any rule's hook firing."""
+        self.in_prefix = True
+        try:
+            return fn(*args)
+        finally:
+            self.in_prefix = False
 
 
-def _layer_hook(state):
-    def hook(module, args, out):
-        if state.in_prefix:
+class _Rule:
+    """One piece of LRP-Flex: it registers its forward hooks in :meth:`attach` and removes them in :meth:`remove`.
+
+    A rule may keep tensors of the current forward pass; :meth:`replaced` tells it when another rule swapped one
+    of them for a copy (the layer capture clones its module's output).
+    """
+
+    def __init__(self, ex: _Explanation):
+        self.ex = ex
+        self._handles = []
+
+    def _hook(self, module: nn.Module, fn) -> None:
+        self._handles.append(module.register_forward_hook(fn))
+
+    def attach(self, model: nn.Module) -> None:
+        raise NotImplementedError
+
+    def replaced(self, old: torch.Tensor, new: torch.Tensor) -> None:
+        """``old`` (a module output) continues as ``new`` downstream."""
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+class _TrackNormalize(_Rule):
+    """Records the output of the model's ``normalize`` (an elementwise affine map) when it reads ``x``."""
+
+    def attach(self, model):
+        for m in _normalizers(model):
+            self._hook(m, self._forward)
+
+    def _forward(self, module, args, out):
+        ex = self.ex
+        if not ex.in_prefix and ex.normalize_out is None and args[0] is ex.x:
+            ex.normalize_out, ex.normalize_module = out, module
+
+    def replaced(self, old, new):
+        if self.ex.normalize_out is old:
+            self.ex.normalize_out = new
+
+
+class _EpsilonAtReLUs(_Rule):
+    """LRP-ε (Eq. 2) through the ReLUs: each ``nn.ReLU``'s backward becomes ``G·a/(a+ε)`` (Sec. II-G, step 1).
+
+    ``skip(t)`` names ReLU inputs that keep their plain gradient (the ReLU after a z^B first layer).
+    """
+
+    def __init__(self, ex, skip=lambda t: False):
+        super().__init__(ex)
+        self.skip = skip
+
+    def attach(self, model):
+        for m in model.modules():
+            if isinstance(m, nn.ReLU):
+                self._hook(m, self._forward)
+
+    def _forward(self, module, args, out):
+        if self.ex.in_prefix or self.skip(args[0]):
             return None
-        inp = args[0]
-        is_first = not state.first_seen
-        state.first_seen = True
-        if is_first and state.first_layer == "zb":
-            out = _zb(state, module, None, inp, out)
-            state.first_out = out
-        elif state.rule == "zplus":
-            out = _zplus(state, module, None, inp, out, is_first)
-        else:
+        return _EpsilonReLU.apply(args[0], self.ex.epsilon, self.ex.switch)
+
+
+def _frozen_route(ex, bn, inp, out):
+    """Explain a batch-statistics BatchNorm as the affine map with those statistics held constant."""
+    return _Route.apply(out, _frozen_batchnorm(bn, inp, _batch_stats(inp, ex.switch)), ex.switch)
+
+
+class _FrozenBatchNorm(_Rule):
+    """``batchnorm="frozen"``: a training-mode BatchNorm is explained as an affine map with constant statistics."""
+
+    def attach(self, model):
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                self._hook(m, self._forward)
+
+    def _forward(self, module, args, out):
+        if self.ex.in_prefix or not _uses_batch_stats(module):
+            return None  # eval mode: a plain linear map (LRP-0)
+        return _frozen_route(self.ex, module, args[0], out)
+
+
+class _LayerRules(_Rule):
+    """LRP-z⁺ (Eq. 4) at every conv/linear layer (``zplus``) and/or LRP-z^B at the first (``zb``).
+
+    A BatchNorm that directly follows a layer is folded into it (its statistics must then be constant: running
+    statistics, or the batch's held constant under ``batchnorm="frozen"``); any other BatchNorm is LRP-0, or the
+    frozen affine map. The outputs that seed Eq. 5 at the logits are kept in ``zr_of``.
+    """
+
+    def __init__(self, ex, *, zplus: bool, zb: bool, bounds, frozen: bool):
+        super().__init__(ex)
+        self.zplus, self.zb, self.bounds, self.frozen = zplus, zb, bounds, frozen
+        self.last = None          # (rerouted output, layer, layer input, is_first) of the latest layer
+        self.first_seen = False
+        self.first_out = None     # output of the first layer (after folding a following BatchNorm)
+        self.zr_of = []           # (rerouted output, zr) pairs, to seed Eq. 5 at the logits
+        self.bound_leaves = None  # (low, high) leaves in pixel space for z^B
+
+    def attach(self, model):
+        for m in model.modules():
+            if isinstance(m, _LAYERS):
+                self._hook(m, self._layer)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                self._hook(m, self._batchnorm)
+
+    def replaced(self, old, new):
+        if self.first_out is old:
+            self.first_out = new
+        if self.last is not None and self.last[0] is old:
+            self.last = (new,) + self.last[1:]
+
+    def _apply(self, layer, bn, inp, out, is_first, stats=None):
+        if is_first and self.zb:
+            out = self._zb(layer, bn, inp, out, stats)
+            self.first_out = out
+            return out
+        return self._zplus(layer, bn, inp, out, is_first, stats)
+
+    def _layer(self, module, args, out):
+        if self.ex.in_prefix:
             return None
-        state.last = (out, module, inp, is_first)
+        is_first = not self.first_seen
+        self.first_seen = True
+        if not (self.zplus or (is_first and self.zb)):
+            return None
+        out = self._apply(module, None, args[0], out, is_first)
+        self.last = (out, module, args[0], is_first)
         return out
-    return hook
 
-
-def _batchnorm_hook(state):
-    def hook(module, args, out):
-        last = state.last
+    def _batchnorm(self, module, args, out):
+        if self.ex.in_prefix:
+            return None
+        last = self.last
         folded = not (last is None or args[0] is not last[0] or out.dim() < 2)
         stats = None
         if _uses_batch_stats(module):
-            if state.batchnorm != "frozen":
-                if folded:
+            if not self.frozen:
+                if folded:  # lrp_flex refuses this before the forward pass; kept as a guard
                     raise ValueError("rule='zplus' and first_layer='zb' fold BatchNorm into the preceding layer, "
                                      "which needs constant statistics; use batchnorm='eval' (the default) or "
                                      "'frozen'")
                 return None
-            stats = _batch_stats(args[0], state.switch)
+            stats = _batch_stats(args[0], self.ex.switch)
         if folded:
             _, layer, inp, is_first = last
-            if is_first and state.first_layer == "zb":
-                out = _zb(state, layer, module, inp, out, stats)
-                state.first_out = out
-            else:
-                out = _zplus(state, layer, module, inp, out, is_first, stats)
-            state.last = None
-            return out
+            self.last = None
+            return self._apply(layer, module, inp, out, is_first, stats)
         if stats is None:
             return None  # eval mode: a plain linear map (LRP-0)
-        # frozen: the explanation goes through the affine map with the batch statistics held constant
-        return _Route.apply(out, _frozen_batchnorm(module, args[0], stats), state.switch)
-    return hook
+        return _Route.apply(out, _frozen_batchnorm(module, args[0], stats), self.ex.switch)
+
+    def _zplus(self, layer, bn, inp, out, is_first=False, stats=None):
+        """LRP-z⁺ (Faster ISNet, Eq. 4): redistribute in proportion to ``(w_jk a_j)^+`` (positive bias included).
+
+        When the first layer reads ``normalize``'s output, the rule is applied in pixel space to the composite
+        map ``layer ∘ normalize`` (contributions ``w_jk s_j x_j`` with ``normalize(x) = s x + t``), so the
+        heatmap of the pixels is non-negative, as z⁺ promises.
+        """
+        ex = self.ex
+        w, b = _merged_params(layer, bn, stats)
+        if is_first and ex.normalize_out is not None and inp is ex.normalize_out:
+            shift = ex.run_prefix(ex.normalize_module, torch.zeros_like(ex.x))
+            scale = ex.run_prefix(ex.normalize_module, torch.ones_like(ex.x)) - shift
+            a = ex.x * scale
+            bias = _affine(layer, shift, w, b).clamp(min=0)  # the composite's bias (a map: padding sees `shift`)
+            zp = (_affine(layer, a.clamp(min=0), w.clamp(min=0), None)
+                  + _affine(layer, a.clamp(max=0), w.clamp(max=0), None) + bias)
+        else:
+            pos = F.relu(inp)  # relu/threshold: a cheaper backward than clamp's
+            zp = (_affine(layer, pos, w.clamp(min=0), b.clamp(min=0))
+                  + _affine(layer, inp - pos, w.clamp(max=0), None))
+        rerouted = _Reroute.apply(out, zp, ex.epsilon, ex.switch)
+        self.zr_of.append((rerouted, zp))
+        return rerouted
+
+    def _zb(self, layer, bn, inp, out, stats=None):
+        """LRP-z^B on the first layer: ``x w - l w⁺ - h w⁻`` with pixel bounds mapped through ``normalize``."""
+        ex = self.ex
+        x = ex.x
+        if self.bound_leaves is None:
+            low, high = self.bounds
+            low = torch.as_tensor(low, dtype=x.dtype, device=x.device).expand_as(x).clone().requires_grad_(True)
+            high = torch.as_tensor(high, dtype=x.dtype, device=x.device).expand_as(x).clone().requires_grad_(True)
+            self.bound_leaves = (low, high)
+        low, high = self.bound_leaves
+        if inp is x:
+            low_in, high_in = low, high
+        elif ex.normalize_out is not None and inp is ex.normalize_out:
+            low_in, high_in = ex.run_prefix(ex.normalize_module, low), ex.run_prefix(ex.normalize_module, high)
+        else:
+            raise ValueError("first_layer='zb' needs the first conv/linear layer to receive the input directly or "
+                             "through the model's `normalize` module (an elementwise affine map, e.g. "
+                             "xai_robust.models.Normalize)")
+        w, _ = _merged_params(layer, bn, stats)
+        zb = (_affine(layer, inp, w, None) - _affine(layer, low_in, w.clamp(min=0), None)
+              - _affine(layer, high_in, w.clamp(max=0), None))
+        return _Reroute.apply(out, zb, ex.epsilon, ex.switch)
 
 
-def _zplus(state, layer, bn, inp, out, is_first=False, stats=None):
-    """LRP-z⁺ (Faster ISNet, Eq. 4): redistribute in proportion to ``(w_jk a_j)^+`` (positive bias included).
+class _Capture(_Rule):
+    """The outputs of named modules, whose relevance ``a ⊙ G`` is returned too (LRP deep supervision, Sec. II-H)."""
 
-    When the first layer reads ``normalize``'s output, the rule is applied in pixel space to the composite
-    map ``layer ∘ normalize`` (contributions ``w_jk s_j x_j`` with ``normalize(x) = s x + t``), so the heatmap of
-    the pixels is non-negative, as z⁺ promises.
-    """
-    w, b = _merged_params(layer, bn, stats)
-    if is_first and state.normalize_out is not None and inp is state.normalize_out:
-        state.in_prefix = True
-        try:
-            shift = state.normalize_module(torch.zeros_like(state.x))
-            scale = state.normalize_module(torch.ones_like(state.x)) - shift
-        finally:
-            state.in_prefix = False
-        a = state.x * scale
-        bias = _affine(layer, shift, w, b).clamp(min=0)  # the composite's bias (a map: padding sees `shift`)
-        zp = _affine(layer, a.clamp(min=0), w.clamp(min=0), None) + _affine(layer, a.clamp(max=0), w.clamp(max=0),
-                                                                            None) + bias
-    else:
-        pos = F.relu(inp)  # relu/threshold: a cheaper backward than clamp's
-        zp = (_affine(layer, pos, w.clamp(min=0), b.clamp(min=0))
-              + _affine(layer, inp - pos, w.clamp(max=0), None))
-    rerouted = _Reroute.apply(out, zp, state.epsilon, state.switch)
-    state.zr_of.append((rerouted, zp))
-    return rerouted
+    def __init__(self, ex, names, notify):
+        super().__init__(ex)
+        self.names, self.notify = list(names), notify
+        self.captured: dict[str, torch.Tensor] = {}
 
+    def attach(self, model):
+        named = dict(model.named_modules())
+        for name in self.names:
+            self._hook(named[name], self._forward(name))
 
-def _zb(state, layer, bn, inp, out, stats=None):
-    """LRP-z^B on the first layer: ``x w - l w⁺ - h w⁻`` with pixel bounds mapped through ``normalize``."""
-    x = state.x
-    if state.bound_leaves is None:
-        low, high = state.bounds
-        low = torch.as_tensor(low, dtype=x.dtype, device=x.device).expand_as(x).clone().requires_grad_(True)
-        high = torch.as_tensor(high, dtype=x.dtype, device=x.device).expand_as(x).clone().requires_grad_(True)
-        state.bound_leaves = (low, high)
-    low, high = state.bound_leaves
-    if inp is state.x:
-        low_in, high_in = low, high
-    elif state.normalize_out is not None and inp is state.normalize_out:
-        state.in_prefix = True
-        try:
-            low_in, high_in = state.normalize_module(low), state.normalize_module(high)
-        finally:
-            state.in_prefix = False
-    else:
-        raise ValueError("first_layer='zb' needs the first conv/linear layer to receive the input directly or "
-                         "through the model's `normalize` module (an elementwise affine map, e.g. "
-                         "xai_robust.models.Normalize)")
-    w, _ = _merged_params(layer, bn, stats)
-    zb = (_affine(layer, inp, w, None) - _affine(layer, low_in, w.clamp(min=0), None)
-          - _affine(layer, high_in, w.clamp(max=0), None))
-    return _Reroute.apply(out, zb, state.epsilon, state.switch)
-
-
-def _relu_hook(state):
-    def hook(module, args, out):
-        if state.in_prefix:
-            return None
-        if state.rule == "zplus":
-            return None  # z⁺ lives in the layers; the ReLU passes relevance (its plain gradient)
-        if state.first_layer == "zb" and args[0] is state.first_out:
-            return None  # the first layer uses z^B instead of ε
-        return _EpsilonReLU.apply(args[0], state.epsilon, state.switch)
-    return hook
-
-
-def _normalize_hook(state):
-    def hook(module, args, out):
-        if not state.in_prefix and state.normalize_out is None and args[0] is state.x:
-            state.normalize_out, state.normalize_module = out, module
-    return hook
-
-
-def _capture_hook(state, name):
-    def hook(module, args, out):
-        if not isinstance(out, torch.Tensor):
-            raise ValueError(f"layers: module {name!r} does not return a tensor")
-        if name in state.captured:
-            raise ValueError(f"layers: module {name!r} runs more than once per forward pass (a reused module); "
-                             "name a module that runs once, e.g. a whole block such as 'layer1'")
-        state.captured[name] = out
-        clone = out.clone()  # downstream in-place ops (e.g. `out += identity`) must not alter the captured tensor
-        if out is state.normalize_out:
-            state.normalize_out = clone
-        if out is state.first_out:
-            state.first_out = clone
-        if state.last is not None and out is state.last[0]:
-            state.last = (clone,) + state.last[1:]
-        return clone
-    return hook
+    def _forward(self, name):
+        def hook(module, args, out):
+            if not isinstance(out, torch.Tensor):
+                raise ValueError(f"layers: module {name!r} does not return a tensor")
+            if name in self.captured:
+                raise ValueError(f"layers: module {name!r} runs more than once per forward pass (a reused module); "
+                                 "name a module that runs once, e.g. a whole block such as 'layer1'")
+            self.captured[name] = out
+            clone = out.clone()  # downstream in-place ops (e.g. `out += identity`) must not alter the captured tensor
+            self.notify(out, clone)
+            return clone
+        return hook
 
 
 def _is_normalizer(module) -> bool:
@@ -426,40 +514,57 @@ def _normalizers(model):
     return found
 
 
-@contextlib.contextmanager
-def _hooked(model, state, batchnorm) -> Iterator[None]:
-    """Register the LRP-Flex hooks; undo everything (hooks, inplace flags, modes) on exit."""
-    handles = []
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    inplace = [(m, m.inplace) for m in relus]
-    with restore_model(model):
-        try:
-            for m in relus:
-                m.inplace = False
-            if batchnorm == "eval":  # batch-independent and deterministic heatmaps
-                for m in model.modules():
-                    if isinstance(m, (nn.modules.batchnorm._BatchNorm, *_DROPOUT)):
-                        m.eval()
-            if state.first_layer == "zb" or state.rule == "zplus":
-                for m in _normalizers(model):
-                    handles.append(m.register_forward_hook(_normalize_hook(state)))
-            for m in relus:
-                handles.append(m.register_forward_hook(_relu_hook(state)))
-            folding = state.rule == "zplus" or state.first_layer == "zb"
-            for m in model.modules():
-                if folding and isinstance(m, _LAYERS):
-                    handles.append(m.register_forward_hook(_layer_hook(state)))
-                elif isinstance(m, nn.modules.batchnorm._BatchNorm) and (folding or batchnorm == "frozen"):
-                    handles.append(m.register_forward_hook(_batchnorm_hook(state)))
-            named = dict(model.named_modules())
-            for name in state.layer_names:
-                handles.append(named[name].register_forward_hook(_capture_hook(state, name)))
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-            for m, flag in inplace:
-                m.inplace = flag
+class _Composite:
+    """The rules of one LRP-Flex call, attached for the duration of a ``with`` block and undone on exit.
+
+    Like zennit's ``Composite.context``: inside the block the model computes its ordinary forward pass with the
+    rules' hooks in place; on exit every hook is removed and ``inplace`` flags, train/eval modes and
+    ``requires_grad`` are restored, also when the block raises.
+    """
+
+    def __init__(self, x, *, epsilon, rule, first_layer, bounds, layers, batchnorm):
+        self.ex = _Explanation(x, epsilon)
+        self.batchnorm = batchnorm
+        folding = rule == "zplus" or first_layer == "zb"
+        self.layer_rules = (_LayerRules(self.ex, zplus=rule == "zplus", zb=first_layer == "zb", bounds=bounds,
+                                        frozen=batchnorm == "frozen") if folding else None)
+        self.capture = _Capture(self.ex, layers or [], self._replaced)
+        self.rules = []
+        if folding:
+            self.rules.append(_TrackNormalize(self.ex))
+        if rule == "epsilon":  # under z⁺ the rule lives in the layers and ReLUs pass relevance (their gradient)
+            skip = (lambda t: t is self.layer_rules.first_out) if first_layer == "zb" else (lambda t: False)
+            self.rules.append(_EpsilonAtReLUs(self.ex, skip))
+        if folding:
+            self.rules.append(self.layer_rules)
+        elif batchnorm == "frozen":
+            self.rules.append(_FrozenBatchNorm(self.ex))
+        self.rules.append(self.capture)  # last: it sees (and clones) the other rules' outputs
+
+    def _replaced(self, old, new):
+        for r in self.rules:
+            r.replaced(old, new)
+
+    @contextlib.contextmanager
+    def context(self, model: nn.Module) -> Iterator[_Explanation]:
+        relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+        inplace = [(m, m.inplace) for m in relus]
+        with restore_model(model):
+            try:
+                for m in relus:
+                    m.inplace = False
+                if self.batchnorm == "eval":  # batch-independent and deterministic heatmaps
+                    for m in model.modules():
+                        if isinstance(m, (nn.modules.batchnorm._BatchNorm, *_DROPOUT)):
+                            m.eval()
+                for r in self.rules:
+                    r.attach(model)
+                yield self.ex
+            finally:
+                for r in self.rules:
+                    r.remove()
+                for m, flag in inplace:
+                    m.inplace = flag
 
 
 def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, batchnorm, target):
@@ -646,8 +751,10 @@ def _lrp_flex(model, x, target=None, *, epsilon: float = 0.01, create_graph: boo
               generator: torch.Generator | None = None, batchnorm: str = "eval") -> LRPResult:
     _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, batchnorm, target)
     xg = x if (x.requires_grad and create_graph) else x.detach().requires_grad_(True)
-    state = _State(model, xg, rule, first_layer, float(epsilon), bounds, layers, batchnorm)
-    with torch.enable_grad(), _hooked(model, state, batchnorm):
+    composite = _Composite(xg, epsilon=float(epsilon), rule=rule, first_layer=first_layer, bounds=bounds,
+                           layers=layers, batchnorm=batchnorm)
+    layer_rules, capture = composite.layer_rules, composite.capture
+    with torch.enable_grad(), composite.context(model) as ex:
         logits = model(xg)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise ValueError("lrp_flex expects the model to return logits of shape (N, K)")
@@ -664,32 +771,33 @@ def _lrp_flex(model, x, target=None, *, epsilon: float = 0.01, create_graph: boo
                 start = torch.log(p + mu) - torch.log(1 - p + mu)
                 seed = torch.ones_like(start)
         if rule == "zplus":  # Eq. 5 / joint z⁺ seed: R_k = sum_j (w_jk a_j)^+ at the output layer
-            zp = next((zr for out, zr in state.zr_of if out is logits), None)
+            zp = next((zr for out, zr in layer_rules.zr_of if out is logits), None)
             if zp is None:
                 raise ValueError("rule='zplus' needs the logits to be the output of an nn.Linear or conv layer")
-            start, seed = zp, seed * zp / _stabilize(zp, state.epsilon)
+            start, seed = zp, seed * zp / _stabilize(zp, ex.epsilon)
+        bound_leaves = layer_rules.bound_leaves if layer_rules is not None else None
         inputs = [xg]
-        if state.bound_leaves is not None:
-            inputs += list(state.bound_leaves)
-        names = list(state.captured)
-        inputs += [state.captured[n] for n in names]
-        missing = [n for n in state.layer_names if n not in state.captured]
+        if bound_leaves is not None:
+            inputs += list(bound_leaves)
+        names = list(capture.captured)
+        inputs += [capture.captured[n] for n in names]
+        missing = [n for n in capture.names if n not in capture.captured]
         if missing:
             raise ValueError(f"layers: modules {missing} did not run in the forward pass")
-        state.switch.active = True
+        ex.switch.active = True
         try:
             grads = torch.autograd.grad(start, inputs, grad_outputs=seed, create_graph=create_graph,
                                         allow_unused=True)
         finally:
-            state.switch.active = False
+            ex.switch.active = False
         grads = [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads, strict=True)]
         heatmap = xg * grads[0]
         k = 1
-        if state.bound_leaves is not None:
-            low, high = state.bound_leaves
+        if bound_leaves is not None:
+            low, high = bound_leaves
             heatmap = heatmap + low * grads[1] + high * grads[2]
             k = 3
-        relevances = {n: state.captured[n] * g for n, g in zip(names, grads[k:], strict=True)}
+        relevances = {n: capture.captured[n] * g for n, g in zip(names, grads[k:], strict=True)}
     if not create_graph:
         heatmap = heatmap.detach()
         relevances = {n: r.detach() for n, r in relevances.items()}
