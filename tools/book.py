@@ -45,6 +45,8 @@ def execute(selected=None, budget=300.0, kernel="python3"):
 
     # a non-interactive MPLBACKEND (e.g. Agg) would stop the kernel's inline backend: no figures in the book
     os.environ.pop("MPLBACKEND", None)
+    # progress bars print one final line instead of widget state the rendered book cannot show
+    os.environ.setdefault("XAI_ROBUST_PROGRESS", "static")
     EXECUTED.mkdir(parents=True, exist_ok=True)
     times, failed = {}, []
     for nb in notebooks(selected):

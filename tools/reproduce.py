@@ -127,6 +127,7 @@ def run(seeds, only=None):
         out = ROOT / "_build" / "reproduce" / f"seed{s}"
         out.mkdir(parents=True, exist_ok=True)
         os.environ["XAI_ROBUST_RESULTS"] = str(ROOT / "results" / "reproduce" / f"seed{s}")
+        os.environ.setdefault("XAI_ROBUST_PROGRESS", "static")  # one line per loop, no widget state
         for nb in chapters:
             start = time.time()
             print(f"[reproduce] seed {s}: {nb.name} ...", flush=True)

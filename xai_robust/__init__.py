@@ -11,13 +11,15 @@ import json
 import math
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 __version__ = "0.1.0"
-__all__ = ["device", "seed_everything", "cache_dir", "results_dir", "save_results", "load_results", "seed_spread"]
+__all__ = ["device", "seed_everything", "cache_dir", "results_dir", "save_results", "load_results", "seed_spread",
+           "progress"]
 
 _SUBMODULES = {"attribution", "checks", "cluster", "data", "dfr", "grouped", "isnet", "losses", "lrp", "metrics",
                "models", "nas", "pretrain", "profiles", "references", "sca", "superpixels", "train", "viz"}
@@ -55,6 +57,68 @@ def results_dir() -> Path:
     path = Path(os.environ.get("XAI_ROBUST_RESULTS", "results"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class _StaticProgress:
+    """A progress bar that prints one line when it finishes (for executed notebooks: no widget state)."""
+
+    def __init__(self, iterable=None, *, desc=None, total=None, **_):
+        self.iterable, self.desc, self.n, self.postfix = iterable, desc or "progress", 0, ""
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.start, self.closed = time.perf_counter(), False
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.n += 1
+        finally:
+            self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix(self, values=None, refresh=True, **kwargs):
+        values = {**(values or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def set_description(self, desc):
+        self.desc = desc
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        total = f"/{self.total}" if self.total is not None else ""
+        postfix = f" ({self.postfix})" if self.postfix else ""
+        print(f"{self.desc}: {self.n}{total} in {time.perf_counter() - self.start:.1f} s{postfix}", flush=True)
+
+
+def progress(iterable=None, *, desc=None, total=None, leave=False, disable=None, **kwargs):
+    """The package's progress bar: tqdm (a widget in notebooks, text in a terminal), off or static.
+
+    ``$XAI_ROBUST_PROGRESS`` chooses: ``"1"`` (default) tqdm, ``"0"`` none, ``"static"`` one printed line per
+    finished loop — what ``tools/book.py`` sets when it executes the chapters, so the rendered book shows a final
+    text line instead of widget state. ``disable=True`` turns a bar off whatever the setting.
+    """
+    mode = os.environ.get("XAI_ROBUST_PROGRESS", "1")
+    if disable is None:
+        disable = mode == "0"
+    if disable:
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, disable=True, **kwargs)
+    if mode == "static":
+        return _StaticProgress(iterable, desc=desc, total=total)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=leave, **kwargs)
 
 
 def save_results(name: str, values: dict) -> Path:

@@ -227,9 +227,9 @@ def _batched_gradient(model, inputs, target, batch_size, progress, desc):
     """Input gradients of a large stacked batch, ``batch_size`` images per backward pass."""
     chunks = range(0, inputs.shape[0], batch_size)
     if progress and len(chunks) > 1:
-        from tqdm.auto import tqdm
+        from . import progress as progress_bar
 
-        chunks = tqdm(chunks, desc=desc, leave=False)
+        chunks = progress_bar(chunks, desc=desc)
     return torch.cat([input_gradient(model, inputs[i:i + batch_size], target[i:i + batch_size]) for i in chunks])
 
 

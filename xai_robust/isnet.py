@@ -34,7 +34,6 @@ train mode do pass through batch statistics (as in the original implementations)
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping
 
 import torch
@@ -380,16 +379,16 @@ def estimate_ranges(model: nn.Module, data, *, variant: str, layers: list[str] |
     dict
         ``{key: (c1, c2)}`` for :func:`isnet_loss`'s ``ranges``.
     """
-    from tqdm.auto import tqdm
+    from . import progress as progress_bar
+
     dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     stats: dict[str, losses.Welford] = {}
     n = len(data[0]) if isinstance(data, (tuple, list)) else len(data)
     with restore_model(model):
         model.eval()
-        for x, _y, _m in tqdm(_batches(data, batch_size), total=math.ceil(n / batch_size),
-                            desc="relevance range", leave=False,
-                            disable=not progress or os.environ.get("XAI_ROBUST_PROGRESS", "1") == "0"):
+        for x, _y, _m in progress_bar(_batches(data, batch_size), total=math.ceil(n / batch_size),
+                                     desc="relevance range", disable=None if progress else True):
             x = x.to(dev)
             maps = isnet_heatmaps(model, x, variant=variant, epsilon=epsilon, mu=mu, first_layer=first_layer,
                                   layers=layers, generator=gen, create_graph=False)
@@ -452,9 +451,8 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
     nn.Module
         The trained model (in eval mode). ``model.isnet_history`` holds per-epoch mean losses.
     """
-    from tqdm.auto import tqdm
-
     from . import cache_dir
+    from . import progress as progress_bar
     from .cache import config_hash, content_digest, load_verified, save_verified, state_digest
 
     if variant not in VARIANTS + ("rrr",):
@@ -499,8 +497,8 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
     total = epochs * steps_per_epoch
     history = []
     model.train()
-    quiet = not progress or os.environ.get("XAI_ROBUST_PROGRESS", "1") == "0"
-    bar = tqdm(total=total, desc=f"{variant} ISNet" if variant != "rrr" else "RRR", disable=quiet, leave=False)
+    bar = progress_bar(total=total, desc=f"{variant} ISNet" if variant != "rrr" else "RRR",
+                       disable=None if progress else True)
     step = 0
     for _ in range(epochs):
         sums: dict[str, float] = {}
