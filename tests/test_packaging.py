@@ -109,3 +109,20 @@ def test_recorded_reproduction_covers_every_chapter_claim_figure():
         for k in (key if isinstance(key, tuple) else (key,)):
             entry = table["chapters"][chapter][k]
             assert entry["n"] == 3 and entry["min"] <= entry["mean"] <= entry["max"], (chapter, k)
+
+
+def test_progress_static_mode_prints_one_line_per_loop(monkeypatch, capsys):
+    import xai_robust
+
+    monkeypatch.setenv("XAI_ROBUST_PROGRESS", "static")
+    assert list(xai_robust.progress(range(4), desc="loop")) == [0, 1, 2, 3]
+    bar = xai_robust.progress(total=3, desc="manual")
+    bar.update(3)
+    bar.set_postfix(loss="0.5", refresh=False)
+    bar.close()
+    bar.close()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("loop: 4/4 in ") and lines[1].endswith("(loss=0.5)")
+    monkeypatch.setenv("XAI_ROBUST_PROGRESS", "0")
+    assert list(xai_robust.progress(range(2), desc="quiet")) == [0, 1]
+    assert capsys.readouterr().out == ""
