@@ -22,7 +22,7 @@ __all__ = ["device", "seed_everything", "cache_dir", "results_dir", "save_result
            "progress"]
 
 _SUBMODULES = {"attribution", "checks", "cluster", "data", "dfr", "grouped", "isnet", "losses", "lrp", "metrics",
-               "models", "nas", "pretrain", "profiles", "references", "sca", "superpixels", "train", "viz"}
+               "models", "nas", "paper", "pretrain", "profiles", "references", "sca", "superpixels", "train", "viz"}
 
 
 def __getattr__(name):  # lazy submodule import (PEP 562)
