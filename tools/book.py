@@ -5,6 +5,9 @@
 ``python tools/book.py build [-W]`` stages _config.yml, _toc.yml, book/ and the executed notebooks in
                                   _build/site/ (same relative paths as the repository, so Colab links point at
                                   the committed notebooks) and runs jupyter-book into _build/html.
+                                  MathJax is served by the book itself (no CDN): the local copy in
+                                  _build/mathjax/es5 (`make mathjax`, or $XAI_ROBUST_MATHJAX) is copied to
+                                  _build/html/_static/mathjax/, where _config.yml's mathjax_path points.
 Committed notebooks are never written to, so `git status` stays clean.
 """
 from __future__ import annotations
@@ -20,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build"
 EXECUTED = BUILD / "executed" / "notebooks"
 SITE = BUILD / "site"
+MATHJAX = BUILD / "mathjax" / "es5"  # MathJax 3's es5/ folder, unpacked by `make mathjax`
+# what tex-mml-chtml.js loads at run time: TeX extensions, CHTML fonts, the menu, accessibility and speech
+MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output/chtml.js", "output/chtml", "ui", "a11y", "sre", "adaptors")
 
 
 def notebooks(selected=None):
@@ -88,6 +94,29 @@ def stage():
         shutil.copy2(executed, SITE / "notebooks" / nb.name)
 
 
+def copy_mathjax(html: Path):
+    """Copy the local MathJax into the built book's _static/mathjax/.
+
+    After the build, not through html_static_path: jupyter-book adds a <script> for every .js file under a
+    source _static/ folder, and MathJax loads its components itself."""
+    import os
+
+    source = Path(os.environ.get("XAI_ROBUST_MATHJAX", MATHJAX))
+    if not (source / "tex-mml-chtml.js").is_file():
+        print(f"[book] WARNING: no MathJax in {source}: the equations will not render "
+              "(`make mathjax` fetches it)", flush=True)
+        return
+    target = html / "_static" / "mathjax"
+    if target.exists():
+        shutil.rmtree(target)
+    for part in MATHJAX_PARTS:
+        if (source / part).is_dir():
+            shutil.copytree(source / part, target / part)
+        elif (source / part).is_file():
+            (target / part).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / part, target / part)
+
+
 def build(strict=False):
     stage()
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(SITE), "--path-output", str(ROOT)]
@@ -98,6 +127,7 @@ def build(strict=False):
     index = BUILD / "html" / "index.html"
     if not index.exists():
         sys.exit(f"[book] {index} was not produced")
+    copy_mathjax(BUILD / "html")
     print(f"[book] built {index}")
 
 
