@@ -63,6 +63,8 @@ def content_digest(*values) -> str:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file unique to this process *and* thread, then rename."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}; encode text first (text.encode())")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -77,11 +79,18 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def state_digest(model: nn.Module) -> str:
-    """SHA-256 of a model's state dict (parameters and buffers)."""
+    """SHA-256 of a model's state dict (parameters and buffers); any dtype, bfloat16 included (raw bytes)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     h = hashlib.sha256()
     for key, value in model.state_dict().items():
         h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        value = value.detach().cpu().contiguous()
+        try:
+            raw = value.numpy().tobytes()
+        except TypeError:  # dtypes NumPy lacks (bfloat16, float8): the same raw bytes through a uint8 view
+            raw = value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b""
+        h.update(raw)
     return h.hexdigest()
 
 
@@ -94,7 +103,15 @@ def save_verified(obj, path: Path) -> None:
 
 
 def load_verified(path: Path, map_location="cpu"):
-    """The object saved by :func:`save_verified`, or ``None`` if the file is missing, truncated or corrupt."""
+    """The object saved by :func:`save_verified`, or ``None`` if the file is missing, truncated or corrupt.
+
+    ``map_location`` is checked first (a bad device string raises instead of reading as a corrupt file).
+    """
+    if isinstance(map_location, str):
+        try:
+            torch.device(map_location)
+        except RuntimeError as err:
+            raise ValueError(f"map_location must be a device such as 'cpu' or 'cuda:0', got {map_location!r}") from err
     path = Path(path)
     if not path.exists():
         return None

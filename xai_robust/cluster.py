@@ -93,12 +93,11 @@ def normalize_heatmaps(heatmaps: torch.Tensor, size: int | tuple[int, int] | Non
         raise TypeError(f"heatmaps must be a torch.Tensor of shape (N, C, H, W), got {type(heatmaps).__name__}")
     if heatmaps.dim() != 4:
         raise ValueError(f"heatmaps must have shape (N, C, H, W), got shape {tuple(heatmaps.shape)}")
+    if heatmaps.shape[0] == 0:
+        raise ValueError(f"heatmaps is an empty batch (shape {tuple(heatmaps.shape)}): pass at least one heatmap")
     h = heatmaps.detach().float()
+    size = _check_size(size)
     if size is not None:
-        if isinstance(size, int):
-            size = (size, size)
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"size must be a positive int or a pair of positive ints, got {size!r}")
         if tuple(h.shape[-2:]) != tuple(size):
             h = F.interpolate(h, size=tuple(size), mode="bilinear", align_corners=False)
     h = h.flatten(1)
@@ -106,6 +105,20 @@ def normalize_heatmaps(heatmaps: torch.Tensor, size: int | tuple[int, int] | Non
         raise ValueError("heatmaps contain NaN or inf values; check the attribution method (e.g. epsilon > 0)")
     scale = h.abs().amax(dim=1, keepdim=True)
     return torch.where(scale > 0, h / scale.clamp_min(torch.finfo(h.dtype).tiny), torch.zeros_like(h))
+
+
+def _check_size(size):
+    """None, or the resize target as a pair of positive ints (an int is a square)."""
+    if size is None:
+        return None
+    if isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_)):
+        size = (size, size)
+    if isinstance(size, (str, bytes)) or not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+        raise ValueError(f"size must be a positive int or a pair of positive ints, got {size!r}")
+    for s in size:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 1:
+            raise ValueError(f"size must be a positive int or a pair of positive ints, got {size!r}")
+    return (int(size[0]), int(size[1]))
 
 
 def _default_attribution() -> Attribution:
@@ -177,6 +190,7 @@ def heatmap_representations(
     if not images.is_floating_point():
         raise TypeError(f"x must hold float images in [0, 1], got dtype {images.dtype}; convert with x.float() / 255")
     check_count(batch_size, "batch_size")
+    _check_size(size)
     if relevance not in ("one", "logit"):
         raise ValueError(f"relevance must be 'one' (ExMap's code) or 'logit' (LRP-Flex's seed), got {relevance!r}")
     if attribution is None:
@@ -193,6 +207,9 @@ def heatmap_representations(
     from .attribution import resolve_target, restore_model
 
     check_model_input(model, images[:1].to(dev))
+    from .models import check_input_channels
+
+    check_input_channels(model, images[:1])
     out = []
     with restore_model(model):  # every submodule's own mode and flags come back, also when this raises
         model.eval()
@@ -247,10 +264,10 @@ def _check_features(features: ArrayLike, name: str = "representations") -> np.nd
 
 def _reduce(features: np.ndarray, pca: int | None, seed: int) -> np.ndarray:
     """Project on the leading ``pca`` principal components (fitted on at most 5,000 rows) when D > pca."""
+    if pca is not None and (isinstance(pca, (bool, np.bool_)) or not isinstance(pca, (int, np.integer)) or pca < 1):
+        raise ValueError(f"pca must be None or a positive int, got {pca!r}")
     if pca is None or features.shape[1] <= pca:
         return features
-    if not isinstance(pca, (int, np.integer)) or pca < 1:
-        raise ValueError(f"pca must be None or a positive int, got {pca!r}")
     n, d = features.shape
     n_comp = min(int(pca), n - 1)
     if n_comp < 1:
@@ -289,6 +306,8 @@ def knn_affinity(features: ArrayLike, n_neighbors: int | None = None) -> scipy.s
     n = f.shape[0]
     if n_neighbors is None:
         n_neighbors = max(2, int(math.log(n)))
+    if isinstance(n_neighbors, (bool, np.bool_)):
+        raise TypeError(f"n_neighbors must be an int in [1, N-1] = [1, {n - 1}], got {n_neighbors!r}")
     if not isinstance(n_neighbors, (int, np.integer)) or not 1 <= n_neighbors < n:
         raise ValueError(f"n_neighbors must be an int in [1, N-1] = [1, {n - 1}], got {n_neighbors!r}")
     # exact brute-force neighbours in row blocks (as sklearn's kneighbors_graph(include_self=True):
@@ -313,6 +332,10 @@ def _spectrum(affinity: scipy.sparse.spmatrix, n_eig: int, seed: int):
     n = w.shape[0]
     if w.shape != (n, n):
         raise ValueError(f"affinity must be square, got shape {w.shape}")
+    check_finite(w.data, "affinity")
+    if (w.data < 0).any():
+        raise ValueError("affinity must hold non-negative edge weights (a similarity graph such as knn_affinity's), "
+                         f"got a minimum of {float(w.data.min()):.4g}")
     w = w - scipy.sparse.diags(w.diagonal())  # the Laplacian ignores self-loops (scipy's csgraph.laplacian)
     deg = np.asarray(w.sum(axis=1)).ravel()
     if (deg <= 0).any():
@@ -355,6 +378,8 @@ def laplacian_eigenvalues(affinity: scipy.sparse.spmatrix, n_eig: int = 13, seed
 
     ExMap's code takes 13 of them for the eigengap heuristic. Chapter 04.
     """
+    check_count(n_eig, "n_eig")
+    check_count(seed, "seed", minimum=0)
     return _spectrum(affinity, n_eig, seed)[0]
 
 
@@ -364,7 +389,7 @@ def _gap_k(lam: np.ndarray, max_k: int) -> int:
 
 
 def _check_max_k(max_k, n):
-    if not isinstance(max_k, (int, np.integer)) or max_k < 2:
+    if isinstance(max_k, (bool, np.bool_)) or not isinstance(max_k, (int, np.integer)) or max_k < 2:
         raise ValueError(f"max_k must be an int >= 2, got {max_k!r}")
     if n < max_k + 2:
         raise ValueError(
@@ -396,6 +421,7 @@ def eigengap(affinity_or_features, max_k: int = 10, *, n_neighbors: int | None =
     -------
     int
     """
+    check_count(seed, "seed", minimum=0)
     if scipy.sparse.issparse(affinity_or_features):
         w = affinity_or_features
     else:
@@ -445,13 +471,14 @@ def spectral_clustering(features: ArrayLike, k: int | None = None, *, max_k: int
     labels : ndarray (N,) of ints in [0, k)
     k : int
     """
+    check_count(seed, "seed", minimum=0)
     f = _reduce(_check_features(features, "features"), pca, seed)
     n = f.shape[0]
     if k is None:
         _check_max_k(max_k, n)
         n_eig = max_k + 3
     else:
-        if not isinstance(k, (int, np.integer)) or k < 1:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int or None, got {k!r}")
         if k > n:
             raise ValueError(f"k={k} clusters requested but only {n} samples; lower k")
@@ -481,6 +508,9 @@ def kmeans(features: ArrayLike, k: int | None = None, *, max_k: int = 10, n_neig
     """
     from sklearn.cluster import KMeans
 
+    check_count(seed, "seed", minimum=0)
+    if k is not None and (isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1):
+        raise ValueError(f"k must be a positive int or None, got {k!r}")
     f = _reduce(_check_features(features, "features"), pca, seed)
     n = f.shape[0]
     if k is None:

@@ -27,7 +27,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["C_GRID", "balanced_subsample", "DFR", "jtt_weights", "jtt"]
+from .checks import check_count, check_finite, check_labels, check_number
+
+__all__ = ["C_GRID", "balanced_subsample", "DFR", "jtt_weights", "jtt", "NotFittedError"]
 
 #: DFR's grid of inverse L1 regularisation strengths (DFR and ExMap code).
 C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
@@ -39,6 +41,10 @@ def _np(a, name):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(a).__name__}")
     return a
+
+
+class NotFittedError(RuntimeError, ValueError):
+    """A :class:`DFR` used before :meth:`DFR.fit` (a ``RuntimeError`` and a ``ValueError``)."""
 
 
 def _worst_group(pred: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
@@ -62,6 +68,22 @@ def balanced_subsample(groups: np.ndarray, rng: np.random.Generator, min_size: i
     -------
     ndarray of indices (sorted by group)
     """
+    if isinstance(groups, torch.Tensor):
+        groups = groups.detach().cpu().numpy()
+    elif not isinstance(groups, np.ndarray):
+        try:
+            groups = np.asarray(groups)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"groups must be a 1-D array of integer group ids, got {type(groups).__name__}") from err
+    if groups.ndim != 1:
+        raise ValueError(f"groups must be a 1-D array of group ids (one per sample), got shape {groups.shape}")
+    if groups.size == 0:
+        raise ValueError("groups is empty: pass the group id of at least one sample")
+    if groups.dtype.kind not in "iu":
+        raise TypeError(f"groups must hold integer group ids, got dtype {groups.dtype}; use groups.astype(int)")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    check_count(min_size, "min_size", minimum=0)
     ids, counts = np.unique(groups, return_counts=True)
     big = counts[counts > min_size]
     budget = int(big.min()) if len(big) else int(counts.max())
@@ -105,11 +127,19 @@ class DFR:
 
     def __init__(self, c_grid: Sequence[float] = C_GRID, *, n_tune_splits: int = 5, n_refits: int = 20,
                  min_group_size: int = 5, seed: int = 0):
-        if len(c_grid) == 0 or any((not np.isfinite(c)) or c <= 0 for c in c_grid):
-            raise ValueError(f"c_grid must hold positive numbers, got {list(c_grid)!r}")
+        if isinstance(c_grid, (str, bytes)) or not hasattr(c_grid, "__iter__"):
+            raise TypeError(f"c_grid must be a sequence of positive numbers (e.g. dfr.C_GRID), got "
+                            f"{type(c_grid).__name__} {c_grid!r}; pass c=... to fit for a single C")
+        c_grid = list(c_grid)
+        if len(c_grid) == 0:
+            raise ValueError(f"c_grid must hold positive numbers, got {c_grid!r}")
+        for c in c_grid:
+            check_number(c, "c_grid", low=0.0, low_open=True)
         for name, v in (("n_tune_splits", n_tune_splits), ("n_refits", n_refits)):
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_count(min_group_size, "min_group_size", minimum=0)
+        check_count(seed, "seed", minimum=0)
         self.c_grid = tuple(float(c) for c in c_grid)
         self.n_tune_splits = n_tune_splits
         self.n_refits = n_refits
@@ -136,6 +166,8 @@ class DFR:
         x = _np(embeddings, "embeddings").astype(np.float64)
         if x.ndim != 2:
             raise ValueError(f"embeddings must have shape (N, D), got {x.shape}; use train.embed(model, dataset)")
+        if x.shape[0] == 0:
+            raise ValueError(f"embeddings is empty (shape {x.shape}): pass the embeddings of the validation samples")
         yy = _np(y, "y")
         if yy.shape != (len(x),):
             raise ValueError(f"y must have shape ({len(x)},), got {yy.shape}")
@@ -208,8 +240,7 @@ class DFR:
             self.tune_scores_ = self.tune(x, yy, gg)
             self.best_c_ = max(self.c_grid, key=lambda cc: self.tune_scores_[cc])  # first of ties = strongest C
         else:
-            if c <= 0:
-                raise ValueError(f"c must be positive, got {c!r}")
+            c = check_number(c, "c", low=0.0, low_open=True)
             self.tune_scores_, self.best_c_ = {}, float(c)
         scaler = self._scaler(x)
         xs = scaler.transform(x)
@@ -229,10 +260,11 @@ class DFR:
     def decision_function(self, embeddings) -> torch.Tensor:
         """Logits for every class, shape (N, K) (two classes: ``[-s/2, s/2]`` with s the LR score)."""
         if not hasattr(self, "coef_"):
-            raise RuntimeError("call fit(embeddings, y, groups) before predicting")
+            raise NotFittedError("call fit(embeddings, y, groups) before predicting")
         x = _np(embeddings, "embeddings").astype(np.float64)
         if x.ndim != 2 or x.shape[1] != self.coef_.shape[1]:
             raise ValueError(f"embeddings must have shape (N, {self.coef_.shape[1]}), got {x.shape}")
+        check_finite(x, "embeddings")
         s = ((x - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
         if s.shape[1] == 1:
             s = np.concatenate([-s / 2, s / 2], axis=1)
@@ -250,7 +282,7 @@ class DFR:
         Classes must be ``0..K-1``.
         """
         if not hasattr(self, "coef_"):
-            raise RuntimeError("call fit(embeddings, y, groups) before to_linear()")
+            raise NotFittedError("call fit(embeddings, y, groups) before to_linear()")
         if not np.array_equal(self.classes_, np.arange(len(self.classes_))):
             raise ValueError(f"to_linear needs classes 0..K-1, got {self.classes_.tolist()}")
         w = self.coef_ / self.scale_
@@ -283,14 +315,17 @@ def jtt_weights(pred, y, *, upweight: float = 20.0) -> torch.Tensor:
     """
     p = torch.as_tensor(pred)
     if p.dim() == 2:
+        check_finite(p, "pred")
         p = p.argmax(1)
     if p.is_floating_point():
         raise TypeError("pred must be class indices (LongTensor) or (N, K) logits")
-    yy = torch.as_tensor(y).long()
+    yy = y if isinstance(y, (torch.Tensor, np.ndarray)) else torch.as_tensor(y)
+    if yy.ndim == 1:
+        yy = check_labels(yy, None, None, "y")
+    yy = torch.as_tensor(yy).long()
     if p.shape != yy.shape or p.dim() != 1:
         raise ValueError(f"pred and y must both have shape (N,), got {tuple(p.shape)} and {tuple(yy.shape)}")
-    if not upweight >= 1:
-        raise ValueError(f"upweight must be >= 1 (lambda), got {upweight!r}")
+    upweight = check_number(upweight, "upweight", low=1.0)
     w = torch.ones(len(yy))
     w[p.cpu() != yy.cpu()] = float(upweight)
     return w
@@ -334,8 +369,23 @@ def jtt(make_model: Callable[[], torch.nn.Module], train_set, val_images, val_y,
 
         fit = fit or _train.fit
         predict = predict or _train.predict
+    # every check before the first (expensive) training run
+    if isinstance(upweights, (str, bytes)) or not hasattr(upweights, "__iter__"):
+        raise TypeError(f"upweights must be a sequence of lambdas >= 1, e.g. (20.0,), got {upweights!r}")
+    upweights = list(upweights)
     if len(upweights) == 0:
         raise ValueError("upweights must list at least one lambda")
+    for lam in upweights:
+        check_number(lam, "upweights", low=1.0)
+    if not (hasattr(train_set, "images") and hasattr(train_set, "labels")):
+        raise TypeError(f"train_set must be a dataset with images and labels (a SampleDataset), got "
+                        f"{type(train_set).__name__}")
+    if isinstance(val_images, torch.Tensor):  # any input ``predict`` takes (images for train.predict)
+        check_finite(val_images, "val_images")
+    vy_checked = check_labels(torch.as_tensor(val_y) if isinstance(val_y, (list, tuple)) else val_y,
+                              len(val_images), None, "val_y")
+    check_labels(torch.as_tensor(val_groups) if isinstance(val_groups, (list, tuple)) else val_groups,
+                 len(vy_checked), None, "val_groups")
     y_train = torch.as_tensor(train_set.labels).long()
     # the error set: training samples the identification model gets wrong (weight > 1 under any lambda > 1)
     errors = jtt_weights(predict(identification_model, train_set.images).cpu(), y_train, upweight=2.0) > 1

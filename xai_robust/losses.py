@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import check_finite, check_number
+from .checks import check_count, check_finite, check_number
 
 __all__ = ["gwrp", "resize_masks", "background_loss", "foreground_relevance", "foreground_loss",
            "lrp_loss", "is_loss", "deep_supervision", "Welford", "relevance_range"]
@@ -102,7 +102,10 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int], *, upsample: str = 
         raise ValueError(f"masks must have shape (N, 1, H, W) or (N, H, W), got {tuple(masks.shape)}")
     masks = masks.float() if not masks.is_floating_point() else masks
     check_finite(masks, "masks")
-    size = (int(size[0]), int(size[1]))
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
+        raise TypeError(f"size must be a pair (height, width) of positive ints, e.g. heatmaps.shape[-2:], got "
+                        f"{size!r}")
+    size = (check_count(size[0], "size[0]"), check_count(size[1], "size[1]"))
     if tuple(masks.shape[-2:]) != size:
         if upsample == "average" or (masks.shape[-2] >= size[0] and masks.shape[-1] >= size[1]):
             masks = F.adaptive_avg_pool2d(masks, size)
@@ -334,7 +337,17 @@ def deep_supervision(layer_losses: Iterable[torch.Tensor] | torch.Tensor, d: flo
         items = list(layer_losses)
         if not items:
             raise ValueError("layer_losses is empty: pass at least one layer's loss")
+        for i, v in enumerate(items):
+            if not isinstance(v, (torch.Tensor, int, float, np.number)) or isinstance(v, bool) or (
+                    isinstance(v, torch.Tensor) and v.numel() != 1):
+                raise ValueError(f"layer_losses[{i}] must be one scalar loss per layer, got "
+                                 f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
         stacked = torch.stack([torch.as_tensor(v).reshape(()) for v in items])
+    if stacked.numel() == 0:
+        raise ValueError("layer_losses is empty: pass at least one layer's loss")
+    if not stacked.is_floating_point():
+        raise TypeError(f"layer_losses must be floating losses, got dtype {stacked.dtype}")
+    check_finite(stacked, "layer_losses")
     return gwrp(stacked, d)
 
 
@@ -364,7 +377,11 @@ class Welford:
         if isinstance(values, torch.Tensor):
             v = values.detach().double().flatten().cpu()
         else:
-            v = torch.as_tensor(np.asarray(values, dtype=np.float64)).flatten()
+            try:
+                v = torch.as_tensor(np.asarray(values, dtype=np.float64)).flatten()
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"values must be numbers (a tensor, array or sequence of heatmap totals), got "
+                                f"{type(values).__name__}") from err
         if v.numel() == 0:
             return self
         if not bool(torch.isfinite(v).all()):

@@ -12,7 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Normalize", "Conv2Net", "SmallResNet", "NormalizedResNet", "build", "last_linear", "embed", "ARCHS"]
+from .checks import check_count, check_model_input
+
+__all__ = ["Normalize", "Conv2Net", "SmallResNet", "NormalizedResNet", "build", "last_linear", "embed", "ARCHS",
+           "check_input_channels"]
 
 ARCHS = ("conv2net", "small_resnet", "resnet18", "resnet50")
 
@@ -26,8 +29,9 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
 
     def forward(self, x):
-        if x.shape[1] != self.mean.shape[1]:
-            raise ValueError(f"the model expects {self.mean.shape[1]} input channels, got {x.shape[1]}")
+        if x.dim() < 2 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"the model expects {self.mean.shape[1]} input channels, got x of shape "
+                             f"{tuple(x.shape)}; pass images (N, {self.mean.shape[1]}, H, W)")
         return (x - self.mean) / self.std
 
 
@@ -160,10 +164,12 @@ def build(arch: str, num_classes: int, *, in_channels: int = 3, seed: int | None
     **kwargs
         Passed to the architecture (e.g. ``width``, ``widths``, ``stem_stride``, ``small_input``).
     """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    check_count(num_classes, "num_classes")
+    check_count(in_channels, "in_channels")
     if seed is not None:
-        torch.manual_seed(seed)
+        torch.manual_seed(check_count(seed, "seed", minimum=0))
     model_kwargs = dict(kwargs)
     if arch == "conv2net":
         model = Conv2Net(num_classes, in_channels, **kwargs)
@@ -185,8 +191,40 @@ def build(arch: str, num_classes: int, *, in_channels: int = 3, seed: int | None
     return model
 
 
+def _input_channels(model: nn.Module) -> int | None:
+    """The channel count the model's first operation takes, where that is certain: the package's models (their
+    ``normalize``), or an ``nn.Sequential`` whose first module is a convolution; None otherwise."""
+    m = model
+    for _ in range(100):
+        if isinstance(m, Normalize):
+            return int(m.mean.shape[1])
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return int(m.in_channels)
+        if isinstance(m, (Conv2Net, SmallResNet, NormalizedResNet)):
+            m = m.normalize
+        elif isinstance(m, nn.Sequential) and len(m) and not m._forward_pre_hooks:
+            m = m[0]
+        else:
+            return None
+    return None
+
+
+def check_input_channels(model: nn.Module, x: torch.Tensor, name: str = "x") -> None:
+    """Raise ``ValueError`` when a batch's channel count differs from what the model's first layer takes.
+
+    Checked only where the first operation is certain (:func:`_input_channels`), before the forward pass: a
+    1-channel batch into an RGB network would otherwise fail inside the first convolution.
+    """
+    expected = _input_channels(model)
+    if expected is not None and x.dim() >= 2 and x.shape[1] != expected:
+        raise ValueError(f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}) but the model takes {expected} "
+                         f"input channels; images are (N, C, H, W), pass {expected}-channel images")
+
+
 def last_linear(model: nn.Module) -> nn.Linear:
     """The model's final ``nn.Linear`` (the classifier whose input is the penultimate embedding)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError("the model has no nn.Linear layer to take embeddings from")
@@ -196,10 +234,13 @@ def last_linear(model: nn.Module) -> nn.Linear:
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Penultimate embeddings: the input of :func:`last_linear`, computed without gradients.
 
-    The model's train/eval mode is left as found; BatchNorm is used in eval mode for the call.
+    The model's train/eval mode is left as found; BatchNorm is used in eval mode for the call. ``x`` is checked
+    first (:func:`xai_robust.checks.check_model_input`): a non-empty, finite float batch of the model's dtype.
     """
     from .attribution import restore_model
 
+    check_model_input(model, x)
+    check_input_channels(model, x)
     captured = {}
     handle = last_linear(model).register_forward_pre_hook(lambda m, inp: captured.__setitem__("z", inp[0]))
     try:
@@ -208,4 +249,9 @@ def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             model(x)
     finally:
         handle.remove()
+    if "z" not in captured:
+        raise ValueError(f"the model's last nn.Linear ({type(last_linear(model)).__name__} "
+                         f"{tuple(last_linear(model).weight.shape)}) did not run in the forward pass, so it has no "
+                         "input to return as the embedding; models.embed needs the classifier to be the last "
+                         "nn.Linear the model uses")
     return captured["z"].detach()

@@ -1050,5 +1050,8 @@ def cluster_overlap(labels: torch.Tensor, masks: torch.Tensor, n_clusters: int) 
             raise ValueError(f"masks must have shape (N, H, W) or (N, 1, H, W), got {tuple(m.shape)}; one mask "
                              "per image, not per channel")
         m = m[:, 0]
+    if tuple(m.shape) != tuple(labels.shape):
+        raise ValueError(f"masks must have the labels' shape {tuple(labels.shape)} (N, H, W) (or (N, 1, H, W)), got "
+                         f"{tuple(masks.shape)}; resize the masks to the labels' resolution")
     inside, counts = _per_image_cluster_sums(m, labels, n_clusters)
     return inside.sum(0) / counts.sum(0).clamp_min(1)

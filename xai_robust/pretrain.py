@@ -29,8 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_count, check_finite
+
 __all__ = ["SHAPE_CLASSES", "GLYPH_CLASSES", "CORPORA", "PRETRAIN_RECIPES", "shapes_corpus", "glyphs_corpus",
-           "corpus", "pretrained_backbone", "pretrained_model", "initialize", "imagenet_state_dict"]
+           "corpus", "pretrained_backbone", "pretrained_model", "initialize", "imagenet_state_dict",
+           "PretrainedNotFoundError"]
 
 SHAPE_CLASSES = ["square", "rectangle", "star", "cross", "ring", "pentagon", "hexagon", "crescent"]
 GLYPH_CLASSES = ["ring", "disc", "square outline", "plus", "X", "L", "T", "triangle outline", "equals", "arc"]
@@ -114,6 +117,9 @@ def shapes_corpus(n: int = 8000, *, size: int = 64, seed: int = 0):
     from .data.base import SampleDataset, cached
     from .data.scenes import BACKGROUND_NAMES, _land, _water
 
+    check_count(n, "n")
+    check_count(size, "size")
+    check_count(seed, "seed", minimum=0)
     if n < 1 or size < 24:
         raise ValueError(f"shapes_corpus needs n >= 1 and size >= 24, got n={n}, size={size}")
     config = dict(name="shapes_corpus", version=CORPUS_VERSION, n=n, size=size, seed=seed)
@@ -194,6 +200,9 @@ def glyphs_corpus(n: int = 6000, *, size: int = 28, seed: int = 0, in_channels: 
 
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    check_count(n, "n")
+    check_count(size, "size")
+    check_count(seed, "seed", minimum=0)
     if n < 1 or size < 16:
         raise ValueError(f"glyphs_corpus needs n >= 1 and size >= 16, got n={n}, size={size}")
     config = dict(name="glyphs_corpus", version=CORPUS_VERSION, n=n, size=size, seed=seed, in_channels=in_channels)
@@ -275,7 +284,12 @@ def pretrained_backbone(arch: str, domain: str, *, in_channels: int = 3, seed: i
     """
     from . import cache_dir
     from .cache import config_hash, load_verified, save_verified
+    from .models import ARCHS
 
+    if arch not in ARCHS:  # before the corpus is drawn and a backbone trained
+        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    check_count(in_channels, "in_channels")
+    check_count(seed, "seed", minimum=0)
     if domain not in CORPORA:
         raise ValueError(f"unknown pretraining domain {domain!r}; choose one of {sorted(CORPORA)}")
     unknown = set(overrides) - set(PRETRAIN_RECIPES[domain])
@@ -356,6 +370,11 @@ def imagenet_state_dict(arch: str, *, progress: bool = True) -> dict:
         ) from exc
 
 
+class PretrainedNotFoundError(FileNotFoundError, ValueError):
+    """``pretrained=`` names neither a known source nor an existing file (a ``ValueError`` for the bad argument,
+    and a ``FileNotFoundError`` for the missing file)."""
+
+
 def _resolve(pretrained, arch, in_channels, model_kwargs, progress_bar):
     if isinstance(pretrained, (str, Path)) and str(pretrained) in CORPORA:
         return pretrained_backbone(arch, str(pretrained), in_channels=in_channels, model_kwargs=model_kwargs,
@@ -367,8 +386,8 @@ def _resolve(pretrained, arch, in_channels, model_kwargs, progress_bar):
     if isinstance(pretrained, (str, Path)):
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"pretrained={str(pretrained)!r} is neither 'imagenet', one of {sorted(CORPORA)}, "
-                                    f"nor an existing state-dict file")
+            raise PretrainedNotFoundError(f"pretrained={str(pretrained)!r} is neither 'imagenet', one of "
+                                          f"{sorted(CORPORA)}, nor an existing state-dict file")
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
@@ -402,7 +421,13 @@ def initialize(model: nn.Module, arch: str, pretrained, *, in_channels: int = 3,
         ``model``, modified in place. Raises ``ValueError`` when no backbone tensor matches (a state dict of
         another architecture), naming a few of the keys on both sides.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     state, source = _resolve(pretrained, arch, in_channels, model_kwargs, progress_bar)
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f"pretrained must map names to tensors (a state dict); {source} holds "
+                        f"{type(state[bad[0]]).__name__} under {bad[0]!r}")
     own = model.state_dict()
     head = _head_names(model)
     matched = {k: v for k, v in state.items()
@@ -411,6 +436,8 @@ def initialize(model: nn.Module, arch: str, pretrained, *, in_channels: int = 3,
     if not any(k in matched for k in backbone):
         raise ValueError(f"no tensor of {source} fits this {arch}: it has e.g. {sorted(state)[:4]}, the model "
                          f"expects e.g. {backbone[:4]}")
+    for k, v in matched.items():  # before anything is copied: the model is left as found when this raises
+        check_finite(v, f"pretrained[{k!r}] ({source})")
     with torch.no_grad():
         for k, v in matched.items():
             own[k].copy_(v.to(own[k].dtype))

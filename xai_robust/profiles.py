@@ -42,7 +42,12 @@ ERM_RECIPES["paper"] = {**ERM_RECIPES["colab"],
 
 
 def profile_settings(profile: str) -> dict:
-    """The ERM recipes of a profile (raises a clear error for an unknown profile)."""
+    """The ERM recipes of a profile (raises a clear error for an unknown profile).
+
+    Returns a copy: changing a recipe in a chapter does not change ``ERM_RECIPES`` for the rest of the session.
+    """
+    import copy
+
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
-    return ERM_RECIPES[profile]
+    return copy.deepcopy(ERM_RECIPES[profile])

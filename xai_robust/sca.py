@@ -32,9 +32,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .checks import check_count, check_finite, check_labels, check_number
 
 __all__ = [
     "Accumulations", "accumulate", "entropy", "ca_scores", "sca_scores", "orthogonal_weight",
@@ -222,6 +225,10 @@ def entropy(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """
     if not isinstance(values, torch.Tensor):
         raise TypeError(f"values must be a torch.Tensor, got {type(values).__name__}")
+    check_finite(values, "values")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -max(values.dim(), 1) <= dim < max(values.dim(), 1):
+        raise ValueError(f"dim must be an int in [{-max(values.dim(), 1)}, {max(values.dim(), 1)}) for values of "
+                         f"shape {tuple(values.shape)}, got {dim!r}")
     if (values < 0).any():
         raise ValueError("values must be non-negative (accumulated magnitudes) to form a distribution")
     total = values.sum(dim=dim, keepdim=True)
@@ -249,6 +256,7 @@ def ca_scores(acc: Accumulations, *, eps: float = 1e-12) -> torch.Tensor:
     """
     if not isinstance(acc, Accumulations):
         raise TypeError(f"acc must be an Accumulations from xai_robust.sca.accumulate, got {type(acc).__name__}")
+    eps = check_number(eps, "eps", low=0.0, low_open=True)
     h_grad = entropy(acc.gradients, dim=0)              # [K, D]
     h_act = entropy(acc.activations, dim=0)             # [D]
     return h_grad / h_act.clamp_min(eps)[None, :]
@@ -435,6 +443,10 @@ def edit_weights(linear: nn.Linear, row: int, columns, rate: float = 1.0) -> Edi
     K, D = linear.weight.shape
     row = _check_index(row, K, "row")
     rate = _check_rate(rate)
+    if isinstance(columns, (str, bytes)) or not hasattr(columns, "__iter__") or (
+            isinstance(columns, torch.Tensor) and columns.dim() == 0):
+        raise TypeError(f"columns must be a sequence of feature indices, e.g. [{columns!r}], got "
+                        f"{type(columns).__name__}")
     cols = [_check_index(c, D, "columns[i]") for c in columns]
     if len(set(cols)) != len(cols):
         raise ValueError(f"columns must be distinct, got {cols}")
@@ -479,6 +491,9 @@ def select_edges(scores: torch.Tensor, w_row: torch.Tensor, n_weights: int = 1, 
     """
     if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
         raise ValueError("scores must be a 1-D tensor (one score per feature)")
+    check_finite(scores, "scores")
+    if not isinstance(w_row, torch.Tensor):
+        raise TypeError(f"w_row must be the weight row as a tensor (linear.weight[k]), got {type(w_row).__name__}")
     if w_row.shape != scores.shape:
         raise ValueError(f"w_row has shape {tuple(w_row.shape)} but scores has {tuple(scores.shape)}")
     if isinstance(n_weights, bool) or not isinstance(n_weights, int) or n_weights < 1:
@@ -529,6 +544,7 @@ def remove_class(linear: nn.Linear, features, labels, target: int, rate: float =
     """
     _check_linear(linear)
     rate = _check_rate(rate)
+    target = _check_index(target, linear.out_features, "target")
     if accumulations is None:
         _check_features(features, linear.in_features)
     if accumulations is None and isinstance(labels, torch.Tensor) and isinstance(target, int) \
@@ -576,7 +592,15 @@ def fit_fictitious_head(features: torch.Tensor, fictitious_labels: torch.Tensor,
     """
     _check_features(features, None)
     if not isinstance(fictitious_labels, torch.Tensor):
-        raise TypeError("fictitious_labels must be a LongTensor of shape (N,)")
+        raise TypeError(f"fictitious_labels must be a LongTensor of shape (N,), got {type(fictitious_labels).__name__}"
+                        + ("; convert with torch.from_numpy(...)" if isinstance(fictitious_labels, np.ndarray) else ""))
+    check_labels(fictitious_labels, features.shape[0], None, "fictitious_labels")
+    check_count(max_iter, "max_iter")
+    weight_decay = check_number(weight_decay, "weight_decay", low=0.0)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+    if num_fictitious is not None and (isinstance(num_fictitious, bool) or not isinstance(num_fictitious, int)):
+        raise TypeError(f"num_fictitious must be an int >= 2 or None, got {num_fictitious!r}")
     if num_fictitious is None:
         num_fictitious = int(fictitious_labels.max()) + 1 if fictitious_labels.numel() else 0
     if num_fictitious < 2:
@@ -611,6 +635,10 @@ def fictitious_to_real(fictitious_labels: torch.Tensor, labels: torch.Tensor) ->
 
     Answers docs/design.md's ambiguity of Algorithm 2 line 6 (which row of ``M`` receives the edit).
     """
+    for name, t in (("fictitious_labels", fictitious_labels), ("labels", labels)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a LongTensor of shape (N,), got {type(t).__name__}")
+        check_labels(t, None, None, name)
     if fictitious_labels.shape != labels.shape:
         raise ValueError("fictitious_labels and labels must have the same shape")
     out = {}

@@ -11,6 +11,7 @@ import hashlib
 import os
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,9 +19,10 @@ from torch import nn
 from . import cache_dir
 from . import device as default_device
 from .cache import config_hash, load_verified, save_verified, state_digest
-from .checks import check_count, check_images, check_model_input, check_training_data
-from .data.base import SampleDataset
+from .checks import check_count, check_finite, check_images, check_model_input, check_number, check_training_data
+from .data.base import LazyImages, SampleDataset
 from .metrics.groups import group_accuracies, mean_accuracy, worst_group_accuracy
+from .models import check_input_channels
 
 __all__ = ["fit", "predict", "evaluate", "embed", "erm", "progress", "state_digest"]
 
@@ -77,12 +79,23 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
     progress_bar : bool
         Show a progress bar over epochs.
     """
+    # every check runs before the model changes (it is moved to the device, then trained)
+    _check_model(model)
+    if not all(hasattr(dataset, a) for a in ("images", "labels", "groups", "fingerprint")):
+        raise TypeError(f"dataset must be a xai_robust.data.SampleDataset, got {type(dataset).__name__}; build one "
+                        "with data.SampleDataset(images, labels, groups, class_names=..., group_names=...)")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    check_number(lr, "lr", low=0.0)
+    check_number(weight_decay, "weight_decay", low=0.0)
+    check_count(seed, "seed", minimum=0)
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be None or a callable loss_fn(model, batch) -> loss, got "
+                        f"{type(loss_fn).__name__}")
     n = len(dataset)
     if n == 0:
         raise ValueError("dataset is empty")
@@ -93,8 +106,13 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
             raise ValueError(f"sample_weights must be {n} finite non-negative numbers, not all zero")
     device = device or default_device()
     model.to(device)
+    first = dataset.images[torch.arange(1)].to(device)
+    check_model_input(model, first, "dataset.images")
+    check_input_channels(model, first, "dataset.images")
     if loss_fn is None:  # cross-entropy: the labels index the model's outputs
         check_training_data(model, dataset.images, dataset.labels, device)
+    elif isinstance(dataset.images, torch.Tensor):
+        check_finite(dataset.images, "dataset.images")
     key = config_hash(dict(init=state_digest(model), data=dataset.fingerprint(), epochs=epochs, lr=lr,
                            batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, seed=seed,
                            weights=None if sample_weights is None else hashlib.sha256(
@@ -142,8 +160,39 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
     return model
 
 
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
 def _images(x_or_dataset):
-    return x_or_dataset.images if isinstance(x_or_dataset, SampleDataset) else x_or_dataset
+    images = x_or_dataset.images if isinstance(x_or_dataset, SampleDataset) else x_or_dataset
+    if isinstance(images, np.ndarray):
+        raise TypeError("x_or_dataset must be a float Tensor (N, C, H, W) or a SampleDataset, got a numpy array; "
+                        "convert it with torch.from_numpy(x).float()")
+    if not isinstance(images, (torch.Tensor, LazyImages)):
+        raise TypeError(f"x_or_dataset must be a float Tensor (N, C, H, W) or a SampleDataset, got "
+                        f"{type(images).__name__}; stack a list of images with torch.stack(images)")
+    return images
+
+
+def _device_of(model, device):
+    if device is not None:
+        return device
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _check_inference_input(model, images, batch_size, device):
+    """The checks shared by :func:`predict` and :func:`embed` (before the model runs; ``model`` is a Module)."""
+    check_count(batch_size, "batch_size")
+    if isinstance(images, torch.Tensor):
+        check_images(images, "x_or_dataset")
+    if len(images) == 0:
+        raise ValueError("x_or_dataset is empty: pass at least one image")
+    first = images[torch.arange(1)].to(device)
+    check_model_input(model, first, "x_or_dataset")
+    check_input_channels(model, first, "x_or_dataset")
 
 
 @torch.no_grad()
@@ -152,13 +201,9 @@ def predict(model: nn.Module, x_or_dataset, *, batch_size: int = 256, device=Non
     from .attribution import restore_model
 
     images = _images(x_or_dataset)
-    check_count(batch_size, "batch_size")
-    device = device or next(model.parameters()).device
-    if isinstance(images, torch.Tensor):
-        check_images(images, "x_or_dataset")
-    if len(images) == 0:
-        raise ValueError("x_or_dataset is empty: pass at least one image")
-    check_model_input(model, images[torch.arange(1)].to(device), "x_or_dataset")
+    _check_model(model)
+    device = _device_of(model, device)
+    _check_inference_input(model, images, batch_size, device)
     out = []
     with restore_model(model):
         model.eval()
@@ -176,6 +221,9 @@ def evaluate(model: nn.Module, dataset: SampleDataset, **kwargs) -> dict:
         ``accuracy``, ``group_accuracy`` (list, NaN for empty groups), ``worst_group_accuracy``,
         ``pred`` (LongTensor) and ``logits``.
     """
+    if not isinstance(dataset, SampleDataset):
+        raise TypeError(f"dataset must be a xai_robust.data.SampleDataset (labels and groups are scored), got "
+                        f"{type(dataset).__name__}; use train.predict(model, x) for a tensor of images")
     logits = predict(model, dataset, **kwargs)
     pred = logits.argmax(1)
     return {"accuracy": mean_accuracy(pred, dataset.labels),
@@ -189,13 +237,9 @@ def embed(model: nn.Module, x_or_dataset, *, batch_size: int = 256, device=None)
     from .models import embed as embed_batch
 
     images = _images(x_or_dataset)
-    check_count(batch_size, "batch_size")
-    device = device or next(model.parameters()).device
-    if isinstance(images, torch.Tensor):
-        check_images(images, "x_or_dataset")
-    if len(images) == 0:
-        raise ValueError("x_or_dataset is empty: pass at least one image")
-    check_model_input(model, images[torch.arange(1)].to(device), "x_or_dataset")
+    _check_model(model)
+    device = _device_of(model, device)
+    _check_inference_input(model, images, batch_size, device)
     return torch.cat([embed_batch(model, images[i:i + batch_size].to(device)).cpu()
                       for i in range(0, len(images), batch_size)])
 

@@ -6,9 +6,12 @@ blue = against it), scaled per image to its largest absolute value, so sign and 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
+
+from .checks import check_count, check_finite, check_images
 
 __all__ = ["glue", "image_grid", "show_heatmaps", "group_accuracy_bars", "to_numpy_image", "heatmap_2d", "HEATMAP_CMAP"]
 
@@ -49,6 +52,32 @@ def heatmap_2d(heatmap) -> np.ndarray:
     return h.numpy()
 
 
+def _check_pixels(images, name: str = "images") -> torch.Tensor:
+    """A finite float (N, C, H, W) batch with C = 1 or 3 and pixels in [0, 1] (a list of (C, H, W) images is
+    stacked). Values a little outside [0, 1] (noise, interpolation) are clipped when drawn; values far outside
+    are 0-255 pixels or normalised inputs, which clipping would turn into a wrong picture."""
+    if isinstance(images, (list, tuple)) and images and all(isinstance(i, torch.Tensor) for i in images):
+        images = torch.stack(list(images))
+    elif isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    check_images(images, name, channels=(1, 3))
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -0.5 or hi > 1.5:
+        raise ValueError(f"{name} must hold pixels in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; divide 0-255 "
+                         f"pixels by 255 and undo any input normalisation (the models normalise internally)")
+    return images
+
+
+def _check_titles(titles, n: int, name: str = "titles"):
+    if titles is None:
+        return None
+    if isinstance(titles, str) or not hasattr(titles, "__len__"):
+        raise TypeError(f"{name} must be a list of {n} strings (one per image), got {type(titles).__name__}")
+    if len(titles) != n:
+        raise ValueError(f"{name} has {len(titles)} entries for {n} images; pass one title per image")
+    return titles
+
+
 def _grid(n, ncols, scale=1.6):
     import matplotlib.pyplot as plt
 
@@ -62,9 +91,9 @@ def _grid(n, ncols, scale=1.6):
 
 def image_grid(images, titles=None, *, ncols: int = 8, title: str | None = None):
     """Show a batch of images (N,C,H,W) in [0,1] with optional per-image titles; returns the figure."""
-    images = torch.as_tensor(images)
-    if images.dim() != 4:
-        raise ValueError(f"images must have shape (N,C,H,W), got {tuple(images.shape)}")
+    images = _check_pixels(images)
+    titles = _check_titles(titles, len(images))
+    check_count(ncols, "ncols")
     fig, axes = _grid(len(images), ncols)
     for i, img in enumerate(images):
         ax = axes.flat[i]
@@ -91,9 +120,19 @@ def show_heatmaps(images, heatmaps, titles=None, *, row_labels=None, title: str 
     """
     import matplotlib.pyplot as plt
 
-    if not isinstance(heatmaps, dict):
-        heatmaps = {"heatmap": heatmaps}
+    images = _check_pixels(images)
     n = len(images)
+    titles = _check_titles(titles, n)
+    if not isinstance(heatmaps, Mapping):
+        heatmaps = {"heatmap": heatmaps}
+    for key, maps in heatmaps.items():
+        label = "heatmaps" if list(heatmaps) == ["heatmap"] else f"heatmaps[{key!r}]"
+        if not isinstance(maps, torch.Tensor):
+            raise TypeError(f"{label} must be a Tensor of shape (N, C, H, W) or (N, H, W), got {type(maps).__name__}")
+        if maps.dim() not in (3, 4) or maps.shape[0] != n:
+            raise ValueError(f"{label} must have shape ({n}, C, H, W) or ({n}, H, W), one heatmap per image, got "
+                             f"{tuple(maps.shape)}")
+        check_finite(maps, label)
     rows = 1 + len(heatmaps)
     fig, axes = plt.subplots(rows, n, figsize=(1.6 * n + 0.8, 1.6 * rows + 0.3), squeeze=False)
     for j in range(n):
@@ -128,6 +167,20 @@ def group_accuracy_bars(table: dict, group_names, *, title: str | None = None, a
     """
     import matplotlib.pyplot as plt
 
+    if not isinstance(table, Mapping):
+        raise TypeError(f"table must be a dict of name -> per-group accuracies, got {type(table).__name__}; "
+                        "e.g. {'ERM': accuracies}")
+    if isinstance(group_names, str) or not hasattr(group_names, "__len__"):
+        raise TypeError(f"group_names must be a list of str, got {type(group_names).__name__}")
+    for name, accs in table.items():
+        a = np.asarray(accs.detach().cpu() if isinstance(accs, torch.Tensor) else accs, dtype=float).reshape(-1)
+        if a.shape[0] != len(group_names):
+            raise ValueError(f"table[{name!r}] has {a.shape[0]} accuracies for {len(group_names)} group_names; "
+                             "pass one accuracy per group")
+        finite = a[~np.isnan(a)]  # NaN: an empty group (metrics.group_accuracies), drawn as no bar
+        if np.isinf(finite).any() or (finite < 0).any() or (finite > 1).any():
+            raise ValueError(f"table[{name!r}] must hold accuracies as fractions in [0, 1] (NaN for empty groups), "
+                             f"got values in [{finite.min():.4g}, {finite.max():.4g}]; divide percentages by 100")
     if ax is None:
         fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(group_names), 3))
     else:

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .. import cache_dir
 from ..cache import config_hash, content_digest, load_verified, save_verified
+from ..checks import check_count, check_finite, check_images, check_labels
 
 __all__ = ["SampleDataset", "LazyImages", "cached", "config_hash"]
 
@@ -27,6 +29,32 @@ def _check_n(n, default: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int (or None for the default {default}), got {n!r}")
     return n
+
+
+def _check_flag(value, name: str) -> bool:
+    """A dataset switch: True or False (a string such as 'no' would be truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def _check_generator_args(seed, size, min_size: int) -> None:
+    """The seed (an int >= 0) and the image side (an int >= ``min_size``) of a synthetic dataset."""
+    check_count(seed, "seed", minimum=0)
+    check_count(size, "size", minimum=min_size)
+
+
+def _as_ids(values, n: int, name: str) -> torch.Tensor:
+    """Integer ids of shape (n,) (a list, array or tensor) as a LongTensor; floats and bools raise."""
+    if isinstance(values, (list, tuple, range)):
+        values = torch.as_tensor(values) if len(values) else torch.zeros(0, dtype=torch.long)
+    return check_labels(values, n, None, name)
+
+
+def _check_names(names, name: str) -> list:
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(f"{name} must be a list of str (one per id), got {type(names).__name__} {names!r}")
+    return list(names)
 
 
 def cached(kind: str, config: dict, make: Callable[[], dict]) -> dict:
@@ -110,25 +138,51 @@ class SampleDataset(Dataset):
 
     def __init__(self, images, labels, groups, *, class_names, group_names, masks=None, spurious=None,
                  attributes=None, name="dataset"):
+        if isinstance(images, torch.Tensor):
+            if not images.is_floating_point():
+                raise TypeError(f"images must be floats in [0, 1], got dtype {images.dtype}; for 0-255 pixels pass "
+                                "images.float() / 255")
+            if images.dim() == 4 and images.shape[0] == 0:  # an empty dataset (e.g. an empty subset) is allowed
+                pass
+            else:
+                check_images(images, "images")
+        elif not isinstance(images, LazyImages):
+            raise TypeError(f"images must be a float Tensor (N, C, H, W) with pixels in [0, 1] or LazyImages, got "
+                            f"{type(images).__name__}; stack a list of images with torch.stack(images)")
         n = len(images)
-        if isinstance(images, torch.Tensor) and not images.is_floating_point():
-            raise TypeError(f"images must be floats in [0, 1], got dtype {images.dtype}; for 0-255 pixels pass "
-                            "images.float() / 255")
-        labels = torch.as_tensor(labels).long()
-        groups = torch.as_tensor(groups).long()
-        if labels.shape != (n,) or groups.shape != (n,):
-            raise ValueError(f"labels and groups must have shape ({n},), got {tuple(labels.shape)} and "
-                             f"{tuple(groups.shape)}")
-        if masks is not None and (masks.shape[0] != n or masks.dim() != 4 or masks.shape[1] != 1):
-            raise ValueError(f"masks must have shape ({n}, 1, H, W), got {tuple(masks.shape)}")
+        class_names = _check_names(class_names, "class_names")
+        group_names = _check_names(group_names, "group_names")
+        labels = _as_ids(labels, n, "labels")
+        groups = _as_ids(groups, n, "groups")
+        if labels.numel() and int(labels.min()) < 0:  # the upper bound is the model's: train.fit checks it
+            raise ValueError(f"labels must be class indices >= 0, got a minimum of {int(labels.min())}")
+        if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= len(group_names)):
+            raise ValueError(f"groups must lie in [0, {len(group_names)}) (one id per entry of group_names), got "
+                             f"values in [{int(groups.min())}, {int(groups.max())}]")
+        if masks is not None:
+            if not isinstance(masks, torch.Tensor):
+                raise TypeError(f"masks must be a float Tensor of shape ({n}, 1, H, W), got {type(masks).__name__}; "
+                                "convert an array with torch.from_numpy(masks).float()")
+            hw = tuple(images.shape[2:])
+            if masks.dim() != 4 or masks.shape[0] != n or masks.shape[1] != 1 or tuple(masks.shape[2:]) != hw:
+                raise ValueError(f"masks must have shape ({n}, 1, {', '.join(map(str, hw))}) (one mask per image, "
+                                 f"the images' size), got {tuple(masks.shape)}")
+            check_finite(masks, "masks")
+        if spurious is not None:
+            spurious = _as_ids(spurious, n, "spurious")
+        attributes = dict(attributes or {})
+        for key, value in attributes.items():
+            if not hasattr(value, "__len__") or len(value) != n:
+                raise ValueError(f"attributes[{key!r}] must hold one value per sample ({n}), got "
+                                 f"{len(value) if hasattr(value, '__len__') else type(value).__name__}")
         self.images = images
         self.labels = labels
         self.groups = groups
         self.masks = masks
-        self.spurious = None if spurious is None else torch.as_tensor(spurious).long()
-        self.attributes = dict(attributes or {})
-        self.class_names = list(class_names)
-        self.group_names = list(group_names)
+        self.spurious = spurious
+        self.attributes = attributes
+        self.class_names = class_names
+        self.group_names = group_names
         self.name = name
 
     @property
@@ -151,9 +205,36 @@ class SampleDataset(Dataset):
             sample["spurious"] = self.spurious[index]
         return sample
 
+    def _indices(self, indices, name: str = "indices") -> torch.Tensor:
+        """Integer indices in [-N, N) or a boolean mask of length N, as a 1-D LongTensor of positions."""
+        n = len(self)
+        if isinstance(indices, np.ndarray):
+            indices = torch.from_numpy(indices)
+        elif not isinstance(indices, torch.Tensor):
+            try:
+                indices = torch.as_tensor(list(indices) if isinstance(indices, range) else indices)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise TypeError(f"{name} must be integer indices or a boolean mask, got "
+                                f"{type(indices).__name__}") from err
+        if indices.numel() == 0:
+            return torch.zeros(0, dtype=torch.long)
+        if indices.dtype == torch.bool:
+            if tuple(indices.shape) != (n,):
+                raise ValueError(f"{name} as a boolean mask must have shape ({n},), one entry per sample, got "
+                                 f"{tuple(indices.shape)}")
+            return torch.nonzero(indices).reshape(-1)
+        if indices.is_floating_point() or indices.is_complex():
+            raise TypeError(f"{name} must hold integer indices, got dtype {indices.dtype}; use {name}.long()")
+        idx = indices.long().reshape(-1)
+        if int(idx.min()) < -n or int(idx.max()) >= n:
+            raise ValueError(f"{name} must lie in [-{n}, {n}) for a dataset of {n} samples, got values in "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
+        return idx
+
     def subset(self, indices) -> SampleDataset:
-        """A new dataset holding the samples at ``indices`` (group names kept)."""
-        idx = torch.as_tensor(indices).long().reshape(-1)
+        """A new dataset holding the samples at ``indices`` (integer positions or a boolean mask of length N;
+        group names kept)."""
+        idx = self._indices(indices)
         images = self.images[idx] if isinstance(self.images, torch.Tensor) else \
             LazyImages([self.images.paths[i] for i in idx.tolist()], self.images.size)
         return SampleDataset(images, self.labels[idx], self.groups[idx], class_names=self.class_names,
@@ -185,12 +266,15 @@ class SampleDataset(Dataset):
         """Draw a labelled grid of ``n`` samples (one per group first, then the rest in order)."""
         from ..viz import image_grid
 
+        check_count(n, "n")
         if indices is None:
             first = [int((self.groups == g).nonzero()[0]) for g in range(self.n_groups)
                      if (self.groups == g).any()]
             rest = [i for i in range(len(self)) if i not in set(first)]
             indices = (first + rest)[:n]
-        indices = list(indices)
+        indices = self._indices(indices).tolist()
+        if not indices:
+            raise ValueError("indices selects no sample: pass at least one index to show")
         images = self.images[torch.tensor(indices)]
         titles = [self.group_names[int(self.groups[i])] for i in indices]
         return image_grid(images, titles, ncols=ncols, title=title or self.name)

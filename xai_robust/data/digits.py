@@ -15,7 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import SampleDataset, _check_n, cached
+from ..checks import check_count, check_number
+from .base import SampleDataset, _check_flag, _check_generator_args, _check_n, cached
 
 __all__ = ["colored_digits", "biased_digits", "parity_digits", "digit_pool", "render_digits",
            "mark_position"]
@@ -120,8 +121,10 @@ def colored_digits(split: str, *, n: int | None = None, seed: int = 0, size: int
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"colored_digits has splits 'train', 'val', 'test', not {split!r}")
+    _check_generator_args(seed, size, 1)
     n = _check_n(n, 3000 if split == "train" else 1000)
-    correlation = (0.99 if split == "train" else 0.5) if correlation is None else float(correlation)
+    correlation = (0.99 if split == "train" else 0.5) if correlation is None else float(
+        check_number(correlation, "correlation"))
     if not 0.0 <= correlation <= 1.0:
         raise ValueError(f"correlation must lie in [0, 1], got {correlation}")
     config = dict(name="colored_digits", split=split, n=n, seed=seed, size=size, correlation=correlation)
@@ -173,8 +176,11 @@ def biased_digits(split: str, *, n: int | None = None, seed: int = 0, size: int 
     splits = ("train", "val", "iid", "ood", "deceiving")
     if split not in splits:
         raise ValueError(f"biased_digits has splits {splits}, not {split!r}")
+    check_count(size, "size")
     if size < 20:
         raise ValueError(f"size must be at least 20 pixels, got {size}")
+    check_count(seed, "seed", minimum=0)
+    bias = _check_flag(bias, "bias")
     n = _check_n(n, 3000 if split == "train" else 1000)
     config = dict(name="biased_digits", split=split, n=n, seed=seed, size=size, bias=bias)
 
@@ -212,6 +218,7 @@ def parity_digits(split: str, *, n: int | None = None, seed: int = 0, size: int 
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"parity_digits has splits 'train', 'val', 'test', not {split!r}")
+    _check_generator_args(seed, size, 1)
     n = _check_n(n, 3000 if split == "train" else 1000)
     config = dict(name="parity_digits", split=split, n=n, seed=seed, size=size)
 

@@ -15,7 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import SampleDataset, _check_n, cached
+from ..checks import check_count, check_number
+from .base import SampleDataset, _check_flag, _check_n, cached
 
 __all__ = ["spurious_scenes", "CLASS_NAMES", "BACKGROUND_NAMES", "COOCCUR_NAMES"]
 
@@ -133,12 +134,16 @@ def spurious_scenes(split: str, *, n: int | None = None, seed: int = 0, size: in
     splits = ("train", "val", "test", "test_fg_only")
     if split not in splits:
         raise ValueError(f"spurious_scenes has splits {splits}, not {split!r}")
+    check_count(size, "size")
     if size < 24:
         raise ValueError(f"size must be at least 24 pixels, got {size}")
+    check_count(seed, "seed", minimum=0)
+    second_shortcut = _check_flag(second_shortcut, "second_shortcut")
     train = split == "train"
     n = _check_n(n, {"train": 2400, "val": 800}.get(split, 1200))
-    correlation = (0.95 if train else 0.5) if correlation is None else float(correlation)
-    cooccur_correlation = (0.95 if train else 0.5) if cooccur_correlation is None else float(cooccur_correlation)
+    correlation = (0.95 if train else 0.5) if correlation is None else check_number(correlation, "correlation")
+    cooccur_correlation = (0.95 if train else 0.5) if cooccur_correlation is None else check_number(
+        cooccur_correlation, "cooccur_correlation")
     for name, value in (("correlation", correlation), ("cooccur_correlation", cooccur_correlation)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {value}")

@@ -30,10 +30,18 @@ def _check(pred, y, groups):
     return pred, y, groups
 
 
+def _check_ids(name, values):
+    """Non-negative integer group ids as a flat LongTensor (floats and negative ids raise)."""
+    t = _as_long(name, values)
+    if t.numel() and int(t.min()) < 0:
+        raise ValueError(f"{name} must be non-negative ids, got {int(t.min())}")
+    return t
+
+
 def _n_groups(groups, n_groups):
     if n_groups is None:
         return int(groups.max()) + 1 if groups.numel() else 0
-    if not isinstance(n_groups, int) or n_groups < 1:
+    if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 1:
         raise ValueError(f"n_groups must be a positive int, got {n_groups!r}")
     if groups.numel() and int(groups.max()) >= n_groups:
         raise ValueError(f"groups holds id {int(groups.max())} but n_groups={n_groups}: pass n_groups > "
@@ -43,7 +51,7 @@ def _n_groups(groups, n_groups):
 
 def group_counts(groups, n_groups: int | None = None) -> torch.Tensor:
     """Number of samples in each group id 0..n_groups-1 (an id >= n_groups raises a ValueError)."""
-    groups = _as_long("groups", groups)
+    groups = _check_ids("groups", groups)
     n = _n_groups(groups, n_groups)
     return torch.bincount(groups, minlength=n)[:n]
 
@@ -102,7 +110,10 @@ def weighted_mean_accuracy(pred, y, groups, train_groups) -> float:
         Group ids of the training set, whose proportions weight the groups.
     """
     acc = group_accuracies(pred, y, groups)
-    weights = group_counts(train_groups, acc.numel()).double()
+    train_groups = _check_ids("train_groups", train_groups)
+    # training groups that the test data lacks carry no weight here (their accuracy is not measured)
+    size = max(acc.numel(), int(train_groups.max()) + 1 if train_groups.numel() else 0)
+    weights = torch.bincount(train_groups, minlength=size)[:acc.numel()].double()
     present = ~torch.isnan(acc)
     if weights[present].sum() == 0:
         raise ValueError("no training sample falls in any group present in the test data")

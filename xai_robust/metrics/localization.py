@@ -519,6 +519,10 @@ def max_box_acc_v2(saliency, masks=None, *, gt_boxes: Sequence[np.ndarray] | Non
     if (masks is None) == (gt_boxes is None):
         raise ValueError("pass exactly one of masks= (object masks) or gt_boxes= (list of (B, 4) arrays)")
     thresholds = _threshold_list(thresholds, threshold_step)
+    if isinstance(iou_thresholds, (int, float, np.number, torch.Tensor)) and np.ndim(iou_thresholds) == 0:
+        iou_thresholds = [iou_thresholds]  # one IoU level
+    if isinstance(iou_thresholds, (str, bytes)) or not hasattr(iou_thresholds, "__iter__"):
+        raise TypeError(f"iou_thresholds must be a sequence of IoU levels in (0, 1], got {iou_thresholds!r}")
     deltas = [check_number(d, "iou_thresholds", low=0.0, high=1.0, low_open=True) for d in iou_thresholds]
     if not deltas:
         raise ValueError("iou_thresholds is empty: pass at least one IoU level, e.g. (0.3, 0.5, 0.7)")
