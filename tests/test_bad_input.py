@@ -72,7 +72,8 @@ def test_explainers_refuse_bad_images_before_touching_the_model(name, x, error, 
     assert all(torch.equal(before[k], after[k]) for k in before), "running statistics changed"
 
 
-@pytest.mark.parametrize("target, match", [(3, "outside"), (torch.tensor([0, 1]), "entries"), ("label", "LongTensor")])
+@pytest.mark.parametrize("target, match", [(3, "outside"), (torch.tensor([0, 1]), r"shape \(4,\)"),
+                                           ("label", "LongTensor")])
 def test_out_of_range_or_malformed_targets(target, match):
     with pytest.raises(ValueError, match=match):
         attribution.input_gradient(_model().eval(), _x(), target)
@@ -603,3 +604,91 @@ def test_valid_inputs_that_used_to_fail_or_mislead():
     viz.group_accuracy_bars({"ERM": [0.8, float("nan")]}, ["a", "b"])  # NaN: an empty group
     viz.image_grid([_x()[0], _x()[1]])  # a list of (C, H, W) images is stacked
     plt.close("all")
+
+
+# ------------------------------------------------------------------------------------------------ lrp, attribution,
+# grouped, isnet: the probe's last findings (silent answers, unclear errors, state changes before a raise)
+def _bn_stats(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(epsilon=True), "epsilon"), (dict(quantity="eta", mu=True), "mu"),
+    (dict(first_layer="zb", bounds=(float("nan"), 1.0)), "finite"),
+    (dict(first_layer="zb", bounds=(1.0, 0.0)), "low <= high"),
+])
+def test_lrp_flex_options_that_used_to_pass_silently(options, match):
+    with pytest.raises(ValueError, match=match):
+        lrp.lrp_flex(_model().eval(), _x(), **options)
+
+
+def test_channel_mismatch_is_named_before_the_forward_pass():
+    for call in (lambda m: lrp.lrp_flex(m, _x()[:, :1]), lambda m: attribution.input_gradient(m, _x()[:, :1])):
+        with pytest.raises(ValueError, match="channels"):
+            call(_model().eval())
+
+
+def test_occlusion_window_larger_than_the_image():
+    with pytest.raises(ValueError, match="window"):
+        attribution.occlusion(_model().eval(), _x(), window=20)
+
+
+def test_grouped_attribution_names_a_wrong_attribution_shape():
+    from xai_robust import grouped, superpixels
+
+    x = _x()
+    seg = superpixels.segment(x, "squares", n_segments=4)
+    with pytest.raises(ValueError, match="attribute returned"):
+        grouped.grouped_attribution(lambda xx: xx[:, :1, :4], x, seg)
+
+
+def test_target_out_of_range_refused_before_a_batch_statistics_forward():
+    model = _model().train()
+    before = _bn_stats(model)
+    with pytest.raises(ValueError, match="outside"):
+        lrp.lrp_flex(model, _x(), 7, batchnorm="batch")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(y=torch.tensor([0, 1, 2, 7])), "y must lie"), (dict(masks=torch.ones(3, 1, 8, 8)), "masks"),
+    (dict(ranges=(float("nan"), 2.0)), "ranges"), (dict(ranges=(2.0, 1.0)), "c1 <= c2"),
+    (dict(masks=torch.full((4, 1, 8, 8), float("nan"))), "masks"), (dict(d=2.0), "d must be"),
+])
+def test_isnet_loss_checks_everything_before_the_forward_pass(bad, match):
+    model = _model().train()
+    before = _bn_stats(model)
+    args = dict(y=torch.tensor([0, 1, 2, 0]), masks=torch.ones(4, 1, 8, 8), ranges=(1.0, 2.0), d=0.9)
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        isnet.isnet_loss(model, _x(), args["y"], args["masks"], variant="selective", P=0.5, ranges=args["ranges"],
+                         d=args["d"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="y must lie"):
+        isnet.rrr_loss(model, _x(), torch.tensor([0, 1, 2, 7]), torch.ones(4, 1, 8, 8))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("options, match", [(dict(batch_size=0), "batch_size"), (dict(lr=float("nan")), "lr"),
+                                            (dict(P=1.5), "P")])
+def test_isnet_fit_refuses_bad_options_before_training(options, match):
+    ds = data.SampleDataset(_x(8), torch.randint(0, 3, (8,)), torch.zeros(8, dtype=torch.long),
+                            class_names=["a", "b", "c"], group_names=["all"], masks=torch.ones(8, 1, 8, 8))
+    model = _model().eval()
+    before = _bn_stats(model)
+    kwargs = dict(variant="selective", epochs=1, lr=1e-3, ranges=(1.0, 2.0), cache=False, progress=False)
+    kwargs.update(options)
+    with pytest.raises(ValueError, match=match):
+        isnet.fit(model, ds, **kwargs)
+    assert not model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="batch_size"):
+        isnet.estimate_ranges(model, ds, variant="selective", batch_size=0, progress=False)
+
+
+def test_isnet_fit_without_masks_raises_before_training():
+    ds = data.SampleDataset(_x(8), torch.randint(0, 3, (8,)), torch.zeros(8, dtype=torch.long),
+                            class_names=["a", "b", "c"], group_names=["all"])
+    model = _model().eval()
+    with pytest.raises(ValueError, match="masks"):
+        isnet.fit(model, ds, variant="selective", epochs=1, lr=1e-3, ranges=(1.0, 2.0), cache=False, progress=False)
+    assert not model.training

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checks import check_count, check_finite, check_images, check_labels, check_model_input, check_number
+from .checks import check_count, check_finite, check_images, check_labels, check_model_input, check_number, check_target
 
 __all__ = ["resolve_target", "restore_model", "input_gradient", "gradient_x_input", "smoothgrad",
            "integrated_gradients", "grad_cam", "occlusion", "explain", "methods", "check_images"]
@@ -126,6 +126,7 @@ def input_gradient(model: nn.Module, x: torch.Tensor, target=None, *, create_gra
     depends on the rest of the batch; its mode is restored afterwards.
     """
     check_model_input(model, x)
+    check_target(model, target, x.shape[0])
     with restore_model(model):
         model.eval()
         xg = x.detach().clone().requires_grad_(True)
@@ -214,7 +215,7 @@ def _check_explanation(model, x, target, output, name="x") -> nn.Module:
     """The checks every gradient explanation shares, before the model is touched; returns the explained module."""
     check_model_input(model, x, name)
     explained = _explained(model, output)
-    _check_target(target, x.shape[0])
+    check_target(model, target, x.shape[0])
     return explained
 
 
@@ -376,7 +377,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target=None, *, layer, relu: boo
         One channel, broadcastable to ``x``. Chapter 07.
     """
     check_model_input(model, x)
-    _check_target(target, x.shape[0])
+    check_target(model, target, x.shape[0])
     module = _module(model, layer)
     if interpolate not in ("bilinear", "nearest", "bicubic"):
         raise ValueError(f"interpolate must be 'bilinear', 'nearest' or 'bicubic', got {interpolate!r}")
@@ -429,8 +430,11 @@ def occlusion(model: nn.Module, x: torch.Tensor, target=None, *, window: int, st
     from captum.attr import Occlusion
 
     check_model_input(model, x)
-    _check_target(target, x.shape[0])
+    check_target(model, target, x.shape[0])
     window = check_count(window, "window")
+    if window > min(x.shape[-2:]):
+        raise ValueError(f"window={window} is larger than the images ({x.shape[-2]}×{x.shape[-1]} pixels); pass a "
+                         "patch side of at most the image side")
     stride = max(1, window // 2) if stride is None else check_count(stride, "stride")
     check_count(batch_size, "batch_size")
     base = _check_baseline(baseline, x)

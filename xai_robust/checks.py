@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["check_images", "check_model_input", "check_dtype", "output_size", "check_training_data", "check_finite",
-           "check_number", "check_count", "check_labels"]
+__all__ = ["check_images", "check_model_input", "check_dtype", "known_outputs", "output_size", "check_training_data",
+           "check_finite", "check_number", "check_count", "check_labels", "check_target"]
 
 
 def check_images(x, name: str = "x", *, channels=None) -> None:
@@ -67,6 +67,19 @@ def check_model_input(model, x, name: str = "x") -> None:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_images(x, name)
     check_dtype(model, x, name)
+    from .models import check_input_channels
+
+    check_input_channels(model, x, name)
+
+
+def known_outputs(model: nn.Module) -> int | None:
+    """The number of logits, when the model's last module is an ``nn.Linear`` (else None: unknown before a forward).
+
+    Lets a target or label be checked against the model before the forward pass changes any state.
+    """
+    modules = list(model.modules())
+    last = modules[-1] if modules else None
+    return int(last.out_features) if isinstance(last, nn.Linear) else None
 
 
 def check_dtype(model: nn.Module, x: torch.Tensor, name: str = "x") -> None:
@@ -179,3 +192,21 @@ def check_training_data(model: nn.Module, images, labels, device=None, *, names=
     if isinstance(images, torch.Tensor):
         check_finite(images, names[0])
     check_labels(labels, n, output_size(model, first), names[1])
+
+
+def check_target(model: nn.Module, target, n: int) -> None:
+    """Everything about an explanation's ``target`` that can be checked before the forward pass.
+
+    Type, integer dtype, length (1 or ``n``), sign, and the upper bound when the model's number of outputs is known
+    (:func:`known_outputs`); string targets must be one of ``"predicted"``, ``"lowest"``, ``"stochastic"``.
+    """
+    from .attribution import _check_target
+
+    _check_target(target, n)
+    k = known_outputs(model)
+    if k is None or target is None or isinstance(target, str):
+        return
+    t = torch.as_tensor(target).reshape(-1)
+    if t.numel() and int(t.max()) >= k:
+        raise ValueError(f"target holds class indices outside [0, {k - 1}] (max {int(t.max())}); the model has {k} "
+                         "outputs")

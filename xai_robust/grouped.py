@@ -112,7 +112,12 @@ def grouped_attribution(attribute, x: torch.Tensor, segments: torch.Tensor, **kw
                         f"{type(attribute).__name__}")
     check_images(x)
     segments = check_segments(segments, (x.shape[0], x.shape[2], x.shape[3]))
-    return segment_average(attribute(x, **kwargs), segments)
+    result = attribute(x, **kwargs)
+    if not isinstance(result, torch.Tensor) or tuple(result.shape) not in (tuple(x.shape), (x.shape[0], *x.shape[2:])):
+        shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+        raise ValueError(f"attribute returned {shape}, expected a map with the shape of x {tuple(x.shape)} or "
+                         f"(N, H, W); check the attribution callable")
+    return segment_average(result, segments)
 
 
 def _legacy_order(target, legacy, segments, name):

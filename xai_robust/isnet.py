@@ -42,7 +42,15 @@ from torch import nn
 
 from . import losses
 from .attribution import resolve_target, restore_model
-from .checks import check_labels, check_model_input, check_number, check_training_data
+from .checks import (
+    check_count,
+    check_finite,
+    check_labels,
+    check_model_input,
+    check_number,
+    check_training_data,
+    known_outputs,
+)
 
 __all__ = ["VARIANTS", "isnet_heatmaps", "isnet_loss", "rrr_loss", "estimate_ranges", "fit", "warmup",
            "stochastic_targets", "step_time"]
@@ -190,6 +198,27 @@ def _heatmaps(model, x, target=None, *, variant, logits=None, epsilon=0.01, mu=0
     return out, fwd
 
 
+def _check_masks(masks, x) -> None:
+    if not isinstance(masks, torch.Tensor):
+        raise TypeError(f"masks must be a torch.Tensor of shape (N, 1, H, W), got {type(masks).__name__}")
+    if masks.dim() not in (3, 4) or masks.shape[0] != x.shape[0]:
+        raise ValueError(f"masks must have shape ({x.shape[0]}, 1, H, W), one per image of x, got {tuple(masks.shape)}")
+    check_finite(masks, "masks")
+
+
+def _check_ranges(ranges) -> None:
+    """Every (C1, C2) pair finite with 0 < C1 <= C2, before any forward pass."""
+    pairs = ranges.items() if isinstance(ranges, Mapping) else [("ranges", ranges)]
+    for key, pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise TypeError(f"ranges must be a (c1, c2) pair or a dict {{heatmap key: (c1, c2)}} from "
+                            f"estimate_ranges, got {pair!r} for {key!r}")
+        c1 = check_number(pair[0], f"ranges[{key!r}] c1", low=0.0, low_open=True)
+        c2 = check_number(pair[1], f"ranges[{key!r}] c2")
+        if c2 < c1:
+            raise ValueError(f"ranges[{key!r}] must be (c1, c2) with c1 <= c2, got {pair!r}")
+
+
 def _range_for(ranges, key: str) -> tuple[float, float]:
     if isinstance(ranges, Mapping):
         if key in ranges:
@@ -264,7 +293,15 @@ def isnet_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.
     P = check_number(P, "P", low=0.0, high=1.0)
     if masks is None:
         raise ValueError("masks is None: the ISNet loss needs foreground masks (1 = foreground) for every image")
-    y = check_labels(y, x.shape[0], None, "y")
+    # everything checked before the forward pass, which updates BatchNorm statistics in training mode
+    y = check_labels(y, x.shape[0], known_outputs(model), "y")
+    _check_masks(masks, x)
+    if P > 0:
+        _check_ranges(ranges)
+    for name, value, low, high in (("d", d, 0.0, 1.0), ("d_layers", d_layers, 0.0, 1.0)):
+        check_number(value, name, low=low, high=high)
+    for name, value in (("E", E), ("w1", w1), ("w2", w2)):
+        check_number(value, name, low=0.0, low_open=True)
     if variant == "gradxinput":
         if layers:
             raise ValueError("layers (LRP Deep Supervision) needs LRP heatmaps; variant 'gradxinput' has none")
@@ -322,7 +359,8 @@ def rrr_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Te
     lam = check_number(lam, "lam", low=0.0)
     if masks is None:
         raise ValueError("masks is None: RRR needs foreground masks to know the background")
-    y = check_labels(y, x.shape[0], None, "y")
+    y = check_labels(y, x.shape[0], known_outputs(model), "y")
+    _check_masks(masks, x)
     xg = x.detach().requires_grad_(True)
     logits = model(xg)
     check_labels(y, None, logits.shape[1], "y")
@@ -381,6 +419,7 @@ def estimate_ranges(model: nn.Module, data, *, variant: str, layers: list[str] |
     """
     from . import progress as progress_bar
 
+    check_count(batch_size, "batch_size")
     dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     stats: dict[str, losses.Welford] = {}
@@ -463,6 +502,20 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
         raise ValueError("ranges is required: estimate (C1, C2) with isnet.estimate_ranges(standard_model, ...)")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    check_count(batch_size, "batch_size")
+    check_count(seed, "seed", minimum=0)
+    check_number(lr, "lr", low=0.0, low_open=True)
+    check_number(weight_decay, "weight_decay", low=0.0)
+    check_number(momentum, "momentum", low=0.0, high=1.0)
+    check_number(clip_norm, "clip_norm", low=0.0)
+    check_number(lam, "lam", low=0.0)
+    if not callable(P):
+        check_number(P, "P", low=0.0, high=1.0)
+    if variant != "rrr":
+        _check_ranges(ranges)
+    masks_all = dataset[2] if isinstance(dataset, (tuple, list)) else getattr(dataset, "masks", None)
+    if masks_all is None:
+        raise ValueError("the dataset has no masks: the ISNet needs foreground masks (dataset.masks)")
     schedule = P if callable(P) else (lambda progress, _p=float(P): _p)
     dev = next(model.parameters()).device
     x_all = dataset[0] if isinstance(dataset, (tuple, list)) else dataset.images

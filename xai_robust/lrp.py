@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attribution import resolve_target, restore_model
-from .checks import check_dtype, check_finite
+from .checks import check_dtype, check_finite, check_target
 
 __all__ = ["lrp_flex", "lrp_flex_result", "LRPResult", "UNSUPPORTED_ACTIVATIONS", "SUPPORTED_MODULES"]
 
@@ -583,7 +583,10 @@ def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, b
         hint = " add a batch dimension with x.unsqueeze(0) for a single sample;" if x.dim() == wanted - 1 else ""
         raise ValueError(f"x has shape {tuple(x.shape)} but the model's first layer is {type(first).__name__}, which "
                          f"takes {wanted}-d batches (N, C, ...);{hint} images are (N, C, H, W)")
-    if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
+    from .models import check_input_channels
+
+    check_input_channels(model, x)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"epsilon must be a number >= 0 (0 gives LRP-0 = Gradient×Input), got {epsilon!r}")
     if quantity not in _QUANTITIES:
         raise ValueError(f"quantity must be one of {_QUANTITIES}, got {quantity!r}")
@@ -593,7 +596,7 @@ def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, b
         raise ValueError(f"first_layer must be None or 'zb', got {first_layer!r}")
     if batchnorm not in _BATCHNORM:
         raise ValueError(f"batchnorm must be one of {_BATCHNORM}, got {batchnorm!r}")
-    if not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu <= 0:
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu <= 0:
         raise ValueError(f"mu must be a number > 0 (Faster ISNet uses 0.01), got {mu!r}")
     if quantity == "eta" and rule != "epsilon":
         raise ValueError("quantity='eta' is defined for rule='epsilon' (Selective ISNet, Faster ISNet Sec. II-F)")
@@ -601,9 +604,20 @@ def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, b
         raise ValueError("quantity='joint' explains every logit at once; leave target=None")
     if isinstance(target, str) and target == "label":
         raise ValueError("target='label' is not accepted: pass the labels themselves as a LongTensor[N]")
+    if quantity != "joint":
+        check_target(model, target, x.shape[0])  # before the forward pass (batchnorm="batch" updates statistics)
     if first_layer == "zb":
         if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
             raise ValueError(f"bounds must be a pair (low, high) in pixel space, e.g. (0.0, 1.0), got {bounds!r}")
+        low, high = (torch.as_tensor(b, dtype=torch.float64) for b in bounds)
+        if not (bool(torch.isfinite(low).all()) and bool(torch.isfinite(high).all())):
+            raise ValueError(f"bounds must be finite, got {bounds!r}")
+        try:
+            ordered = bool((low <= high).all())
+        except RuntimeError as err:
+            raise ValueError(f"bounds: low and high must broadcast together, got {bounds!r}") from err
+        if not ordered:
+            raise ValueError(f"bounds must be (low, high) with low <= high, got {bounds!r}")
     if layers is not None:
         if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
             raise TypeError("layers must be a list of module names, e.g. ['layer1', 'layer2']")
