@@ -167,7 +167,7 @@ def heatmap_representations(
     batch_size : int
         Images explained per call.
     progress : bool
-        Show a tqdm progress bar.
+        Show a progress bar (:func:`xai_robust.progress`).
     relevance : {"one", "logit"}
         Seed of the explained class's relevance: 1 (ExMap's code, default) or the logit's value (the
         attribution's own; LRP-Flex's Eq. 3). See above.
@@ -176,7 +176,7 @@ def heatmap_representations(
     -------
     Tensor (N, D) float32 on the CPU.
     """
-    from tqdm.auto import tqdm
+    from . import progress as progress_bar
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -213,7 +213,7 @@ def heatmap_representations(
     out = []
     with restore_model(model):  # every submodule's own mode and flags come back, also when this raises
         model.eval()
-        for start in tqdm(range(0, n, batch_size), desc="heatmaps", disable=not progress, leave=False):
+        for start in progress_bar(range(0, n, batch_size), desc="heatmaps", disable=None if progress else True):
             xb = images[start:start + batch_size].to(dev)
             check_finite(xb, "x")
             tb = target

@@ -853,8 +853,9 @@ def neuro_activated_superpixels(model: nn.Module, x: torch.Tensor, layers: Seque
     generator = torch.Generator().manual_seed(check_count(seed, "seed", minimum=0))
     starts = range(0, x.shape[0], batch_size)
     if progress:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc="NAS", leave=False)
+        from . import progress as progress_bar
+
+        starts = progress_bar(starts, desc="NAS")
     out = []
     for start in starts:
         xb = x[start:start + batch_size]

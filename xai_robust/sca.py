@@ -189,11 +189,11 @@ def accumulate(features, labels, linear: nn.Linear, *, batch_size: int = 4096,
     counts = torch.zeros(K, dtype=torch.float64, device=dev)
     iterator = _batches(features, labels, batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from . import progress as progress_bar
         total = None
         if isinstance(features, torch.Tensor):
             total = math.ceil(features.shape[0] / batch_size)
-        iterator = tqdm(iterator, total=total, desc="accumulating (Eq. 3-4)", leave=False)
+        iterator = progress_bar(iterator, total=total, desc="accumulating (Eq. 3-4)")
     with torch.no_grad():
         for a, y in iterator:
             _check_features(a, D)

@@ -405,9 +405,9 @@ def segment(images: torch.Tensor, method: str = "slic", *, cache: bool | str = T
     arr = images.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
     iterator = range(n)
     if progress:
-        from tqdm.auto import tqdm
+        from . import progress as progress_bar
 
-        iterator = tqdm(iterator, desc=f"{method} segments", leave=False)
+        iterator = progress_bar(iterator, desc=f"{method} segments")
     try:
         labels = np.stack([_segment_one(arr[i], method, full) for i in iterator])
     except TypeError as err:

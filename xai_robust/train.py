@@ -8,7 +8,6 @@ trains per dataset; later chapters call it and get the same network from the cac
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cache_dir
+from . import cache_dir, progress
 from . import device as default_device
 from .cache import config_hash, load_verified, save_verified, state_digest
 from .checks import check_count, check_finite, check_images, check_model_input, check_number, check_training_data
@@ -25,15 +24,6 @@ from .metrics.groups import group_accuracies, mean_accuracy, worst_group_accurac
 from .models import check_input_channels
 
 __all__ = ["fit", "predict", "evaluate", "embed", "erm", "progress", "state_digest"]
-
-
-def progress(iterable=None, **kwargs):
-    """A tqdm progress bar that renders as a widget in notebooks and as text in a terminal."""
-    from tqdm.auto import tqdm
-
-    kwargs.setdefault("leave", False)
-    kwargs.setdefault("disable", os.environ.get("XAI_ROBUST_PROGRESS", "1") == "0")
-    return tqdm(iterable, **kwargs)
 
 
 def _batches(n, batch_size, generator, weights=None):

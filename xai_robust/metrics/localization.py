@@ -248,8 +248,9 @@ def greedy_lerf(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, targe
     order_map = torch.zeros(n, h, w, dtype=torch.float64)
     it = range(n)
     if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="greedy LeRF", leave=False)
+        from .. import progress as progress_bar
+
+        it = progress_bar(it, desc="greedy LeRF")
     with restore_model(model), torch.no_grad():
         model.eval()
         t_all = resolve_target(torch.cat([model(x[s:s + batch_size]) for s in range(0, n, batch_size)]), target)
