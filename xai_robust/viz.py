@@ -78,37 +78,60 @@ def _check_titles(titles, n: int, name: str = "titles"):
     return titles
 
 
-def _grid(n, ncols, scale=1.6):
+#: Widest figure the helpers draw (inches): at 100 dpi it stays legible in a 368-px phone column (at least half size).
+MAX_WIDTH = 7.0
+#: Most panels per row.
+MAX_COLUMNS = 8
+_FONT = 9  # points: the smallest text the helpers write
+
+
+def _wrap(text, width_in: float) -> str:
+    import textwrap
+
+    chars = max(6, int(width_in * 72 / (0.65 * _FONT)))  # characters of a 9-pt font that fit the panel
+    return "\n".join(textwrap.wrap(str(text), chars)) or str(text)
+
+
+def _grid(n, ncols):
     import matplotlib.pyplot as plt
 
-    ncols = max(1, min(ncols, n))
+    ncols = max(1, min(ncols, n, MAX_COLUMNS))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + 0.3), squeeze=False)
+    side = min(1.6, MAX_WIDTH / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols, (side + 0.35) * nrows + 0.3), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    return fig, axes
+    return fig, axes, side
 
 
 def image_grid(images, titles=None, *, ncols: int = 8, title: str | None = None):
-    """Show a batch of images (N,C,H,W) in [0,1] with optional per-image titles; returns the figure."""
+    """Show a batch of images (N,C,H,W) in [0,1] with optional per-image titles; returns the figure.
+
+    At most :data:`MAX_COLUMNS` images per row (more wrap onto further rows) and :data:`MAX_WIDTH` inches wide, with
+    9-pt titles, so the figure stays legible on a phone.
+    """
     images = _check_pixels(images)
     titles = _check_titles(titles, len(images))
     check_count(ncols, "ncols")
-    fig, axes = _grid(len(images), ncols)
+    fig, axes, side = _grid(len(images), ncols)
     for i, img in enumerate(images):
         ax = axes.flat[i]
         arr = to_numpy_image(img)
         ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
         if titles is not None:
-            ax.set_title(str(titles[i]), fontsize=7)
+            ax.set_title(_wrap(titles[i], side), fontsize=_FONT)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=_FONT + 1)
     fig.tight_layout()
     return fig
 
 
 def show_heatmaps(images, heatmaps, titles=None, *, row_labels=None, title: str | None = None):
-    """Images (top row) and their signed heatmaps (one row per method) with a symmetric colormap.
+    """Images and their signed heatmaps (one row per method) with a symmetric colormap and a colorbar.
+
+    Each heatmap is divided by its largest absolute value, so colours compare within a map (red: evidence for the
+    class, blue: against; the colorbar gives the scale). At most :data:`MAX_COLUMNS` images per row: larger
+    batches continue in further blocks of rows; the figure is at most :data:`MAX_WIDTH` inches wide.
 
     Parameters
     ----------
@@ -133,26 +156,43 @@ def show_heatmaps(images, heatmaps, titles=None, *, row_labels=None, title: str 
             raise ValueError(f"{label} must have shape ({n}, C, H, W) or ({n}, H, W), one heatmap per image, got "
                              f"{tuple(maps.shape)}")
         check_finite(maps, label)
-    rows = 1 + len(heatmaps)
-    fig, axes = plt.subplots(rows, n, figsize=(1.6 * n + 0.8, 1.6 * rows + 0.3), squeeze=False)
+    per_block = 1 + len(heatmaps)
+    ncols = min(n, MAX_COLUMNS)
+    blocks = math.ceil(n / ncols)
+    side = min(1.6, (MAX_WIDTH - 1.1) / ncols)
+    fig, axes = plt.subplots(per_block * blocks, ncols, figsize=(side * ncols + 1.1, (side + 0.25) * per_block * blocks
+                                                                 + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    image = None
     for j in range(n):
+        block, col = divmod(j, ncols)
+        top = block * per_block
         arr = to_numpy_image(images[j])
-        axes[0, j].imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
+        axes[top, col].imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
+        axes[top, col].set_frame_on(True)
         if titles is not None:
-            axes[0, j].set_title(str(titles[j]), fontsize=7)
+            axes[top, col].set_title(_wrap(titles[j], side), fontsize=_FONT)
         for r, maps in enumerate(heatmaps.values(), start=1):
             h = heatmap_2d(maps[j])
             lim = float(np.abs(h).max()) or 1.0
-            axes[r, j].imshow(h, cmap=HEATMAP_CMAP, vmin=-lim, vmax=lim)
-    for r in range(rows):
-        for j in range(n):
-            axes[r, j].set_xticks([])
-            axes[r, j].set_yticks([])
-        label = "input" if r == 0 else list(heatmaps)[r - 1]
-        axes[r, 0].set_ylabel(label, fontsize=8)
+            image = axes[top + r, col].imshow(h / lim, cmap=HEATMAP_CMAP, vmin=-1, vmax=1)
+            axes[top + r, col].set_frame_on(True)
+    for block in range(blocks):
+        for r in range(per_block):
+            label = "input" if r == 0 else list(heatmaps)[r - 1]
+            axes[block * per_block + r, 0].set_ylabel(_wrap(label, 1.2), fontsize=_FONT)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=_FONT + 1)
+    right = 1 - 0.75 / fig.get_size_inches()[0]  # room for the colorbar and its labels
+    fig.tight_layout(rect=(0, 0, right, 1))
+    if image is not None:
+        cax = fig.add_axes((right + 0.01, 0.2, 0.15 / fig.get_size_inches()[0], 0.6))
+        bar = fig.colorbar(image, cax=cax, ticks=[-1, 0, 1])
+        bar.ax.tick_params(labelsize=_FONT)
+        bar.set_label("relevance / max |rel.|", fontsize=_FONT)
     return fig
 
 
@@ -182,7 +222,7 @@ def group_accuracy_bars(table: dict, group_names, *, title: str | None = None, a
             raise ValueError(f"table[{name!r}] must hold accuracies as fractions in [0, 1] (NaN for empty groups), "
                              f"got values in [{finite.min():.4g}, {finite.max():.4g}]; divide percentages by 100")
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(group_names), 3))
+        fig, ax = plt.subplots(figsize=(min(MAX_WIDTH, 1.2 + 1.1 * len(group_names)), 3))
     else:
         fig = ax.figure
     width = 0.8 / max(1, len(table))
@@ -190,11 +230,11 @@ def group_accuracy_bars(table: dict, group_names, *, title: str | None = None, a
     for k, (name, accs) in enumerate(table.items()):
         ax.bar(x + (k - (len(table) - 1) / 2) * width, 100 * np.asarray(accs, dtype=float), width, label=name)
     ax.set_xticks(x)
-    ax.set_xticklabels(group_names, rotation=20, ha="right", fontsize=8)
+    ax.set_xticklabels(group_names, rotation=20, ha="right", fontsize=_FONT)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=_FONT)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=_FONT + 1)
     fig.tight_layout()
     return fig
