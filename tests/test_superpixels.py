@@ -105,8 +105,12 @@ def test_bad_inputs():
         sp.segment((x * 255).byte())
     with pytest.raises(TypeError, match="parameter"):
         sp.segment(x, "slic", n_segmentz=3, cache=False)
+    # a 4-d attribution is averaged per channel: the same as averaging its channels' map
+    a = torch.rand(3, 2, 16, 16)
+    seg4 = torch.zeros(3, 16, 16, dtype=torch.long)
+    torch.testing.assert_close(sp.superpixelify(a, seg4).sum(1), sp.superpixelify(a.sum(1), seg4))
     with pytest.raises(ValueError, match="shape"):
-        sp.superpixelify(torch.rand(3, 1, 16, 16), torch.zeros(3, 16, 16, dtype=torch.long))
+        sp.superpixelify(torch.rand(3, 1, 1, 16, 16), seg4)
     with pytest.raises(ValueError, match="segments has shape"):
         sp.superpixelify(torch.rand(3, 16, 16), torch.zeros(2, 16, 16, dtype=torch.long))
     with pytest.raises(ValueError, match="non-negative"):
@@ -131,7 +135,7 @@ BAD_CALLS = [
     ("non-finite input", lambda: sp.segment(_planted(X, NAN), cache=False), ValueError, r"images holds NaN or inf"),
     ("non-finite input", lambda: sp.segment(_planted(X, INF), "squares"), ValueError, r"images holds NaN or inf"),
     ("non-finite input", lambda: sp.superpixelify(_planted(MAPS, INF), SEG), ValueError, r"saliency holds NaN"),
-    ("non-finite input", lambda: sp.segment_mean(_planted(MAPS, -INF), SEG), ValueError, r"values holds NaN"),
+    ("non-finite input", lambda: sp.segment_mean(_planted(MAPS, -INF), SEG), ValueError, r"saliency holds NaN"),
     ("non-finite option", lambda: sp.segment(X, "slic", compactness=NAN, cache=False), ValueError,
      r"compactness must be finite"),
     ("non-finite option", lambda: sp.segment(X, "felzenszwalb", scale=INF, cache=False), ValueError,
@@ -150,10 +154,10 @@ BAD_CALLS = [
     ("dtype mismatch", lambda: sp.superpixelify(MAPS, SEG.float()), TypeError, r"segments must hold integer"),
     ("dtype mismatch", lambda: sp.superpixelify((MAPS * 10).long(), SEG), TypeError,
      r"saliency must be a floating tensor"),
-    ("dtype mismatch", lambda: sp.segment_mean(MAPS > 0.5, SEG), TypeError, r"values must be a floating tensor"),
+    ("dtype mismatch", lambda: sp.segment_mean(MAPS > 0.5, SEG), TypeError, r"saliency must be a floating tensor"),
     ("missing batch dim", lambda: sp.superpixelify(MAPS[0], SEG[0]), ValueError, r"saliency\.unsqueeze\(0\)"),
     ("missing batch dim", lambda: sp.segment(X[0, 0]), ValueError, r"images\.unsqueeze\(0\)"),
-    ("missing batch dim", lambda: sp.segment_mean(MAPS[0], SEG[0]), ValueError, r"values\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda: sp.segment_mean(MAPS[0], SEG[0]), ValueError, r"saliency\.unsqueeze\(0\)"),
     ("empty batch", lambda: sp.segment(X[:0]), ValueError, r"images is an empty batch"),
     ("empty batch", lambda: sp.superpixelify(MAPS[:0], SEG[:0]), ValueError, r"saliency is an empty batch"),
     ("empty batch", lambda: sp.count_segments(SEG[:0]), ValueError, r"segments is an empty batch"),

@@ -9,7 +9,8 @@ Computing it therefore costs one ordinary gradient plus a scatter-add: :func:`gr
 For SmoothGrad and Integrated Gradients the paper keeps the partition of the *original* image fixed
 and averages the method's map over each group; by linearity of expectation/integration (Sec. 3.2,
 last paragraph) averaging the per-sample gradients first gives the same result.
-:func:`segment_average` groups any attribution, e.g. one computed with captum.
+:func:`xai_robust.superpixels.superpixelify` (also ``grouped.segment_average``) groups any attribution, e.g.
+one computed with captum.
 
 Our choices where the paper is silent (chapter 06 documents them):
 
@@ -35,13 +36,12 @@ from torch import nn
 
 from .attribution import _check_explanation, input_gradient, integrated_gradients, restore_model, smoothgrad
 from .checks import check_images, check_model_input
-from .superpixels import _check_values, _segment_mean, check_segments
+from .superpixels import _check_values, _segment_mean, check_segments, superpixelify
 
 __all__ = [
     "grouped_gradient",
     "grouped_smoothgrad",
     "grouped_integrated_gradients",
-    "segment_average",
     "grouped_attribution",
     "saliency_map",
 ]
@@ -53,38 +53,9 @@ def _check_segments_for(segments, x) -> torch.Tensor:
     return check_segments(segments, (x.shape[0], x.shape[2], x.shape[3])).to(x.device)
 
 
-def segment_average(attribution: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """Average any attribution over the segments of a partition (Eq. 3's operator kappa).
-
-    Parameters
-    ----------
-    attribution : torch.Tensor
-        ``[N, C, H, W]`` (each channel grouped separately) or ``[N, H, W]``.
-    segments : torch.Tensor
-        ``LongTensor[N, H, W]`` from :func:`xai_robust.superpixels.segment` (or NAS, chapter 07).
-
-    Returns
-    -------
-    torch.Tensor
-        Same shape as ``attribution``; constant inside every segment.
-
-    Examples
-    --------
-    Group captum's Saliency (any captum attribution works the same way)::
-
-        from captum.attr import Saliency
-        g = segment_average(Saliency(model).attribute(x, target=y, abs=False), segments)
-
-    Notes
-    -----
-    Gong et al. (BMVC 2024), Eq. 3. Chapter 06.
-    """
-    attribution = _check_values(attribution, "attribution", (3, 4), "(N, C, H, W) or (N, H, W)")
-    n, h, w = attribution.shape[0], attribution.shape[-2], attribution.shape[-1]
-    segments = check_segments(segments, (n, h, w)).to(attribution.device)
-    if attribution.dim() == 3:
-        return _segment_mean(attribution.unsqueeze(1), segments).squeeze(1)
-    return _segment_mean(attribution, segments)
+#: The same function as :func:`xai_robust.superpixels.superpixelify`, the package's one segment average (Eq. 3's
+#: operator kappa); any attribution, e.g. captum's, can be grouped with it.
+segment_average = superpixelify
 
 
 def grouped_attribution(attribute, x: torch.Tensor, segments: torch.Tensor, **kwargs) -> torch.Tensor:

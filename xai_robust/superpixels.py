@@ -7,9 +7,9 @@ scikit-image super-pixel algorithms wrapped here (SLIC, Quickshift, Felzenszwalb
 watershed), the two baselines of the super-pixel-gradient paper (square patches and random
 partitions), and the Neuro-Activated Superpixels of chapter 07 (:mod:`xai_robust.nas`).
 
-:func:`segment_mean` is the one vectorised kernel behind grouped saliency maps: it replaces every
-value by the mean over its segment with two scatter-adds and one gather (no Python loop over
-segments). :func:`superpixelify` applies it to ``[N, H, W]`` saliency maps.
+:func:`superpixelify` is the one segment average behind grouped saliency maps: it replaces every
+value of an ``[N, H, W]`` map or ``[N, C, H, W]`` attribution by the mean over its segment with two
+scatter-adds and one gather (no Python loop over segments).
 
 Every public function checks its input first (:mod:`xai_robust.checks`): images and maps are non-empty,
 finite float tensors, partitions non-negative integer ids of the right shape, counts positive ints and
@@ -35,7 +35,6 @@ __all__ = [
     "segment",
     "square_partition",
     "random_partition",
-    "segment_mean",
     "superpixelify",
     "count_segments",
     "check_segments",
@@ -138,41 +137,8 @@ def count_segments(segments: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # the averaging kernel (Eq. 3)
 # --------------------------------------------------------------------------------------------
-def segment_mean(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """Replace every value by the mean of its segment (the operator kappa of Eq. 3).
-
-    ``out[n, c, i] = mean{ values[n, c, j] : segments[n, j] == segments[n, i] }`` — per image and per
-    channel, computed with scatter-adds (``index_add``) and a gather, so the cost is linear in the
-    number of pixels and independent of the number of segments. Differentiable in ``values``.
-
-    Parameters
-    ----------
-    values : torch.Tensor
-        ``[N, C, H, W]`` or ``[N, H, W]`` float tensor (attributions, saliency maps, images).
-    segments : torch.Tensor
-        ``LongTensor[N, H, W]`` partition (ids need not be contiguous).
-
-    Returns
-    -------
-    torch.Tensor
-        Tensor with the shape, dtype and device of ``values``.
-
-    Notes
-    -----
-    Gong et al., *A Super-pixel-based Approach to the Stable Interpretation of Neural Networks*,
-    Eq. 3: ``g-SG(x) = kappa(x) grad_x f(x)`` with ``kappa_ij = 1/|S_k|`` when pixels i and j share
-    group ``S_k``. Chapter 06.
-    """
-    values = _check_values(values, "values", (3, 4), "(N, C, H, W) or (N, H, W)")
-    squeeze = values.dim() == 3
-    n, h, w = values.shape[0], values.shape[-2], values.shape[-1]
-    segments = check_segments(segments, (n, h, w)).to(values.device)
-    out = _segment_mean(values.unsqueeze(1) if squeeze else values, segments)
-    return out.squeeze(1) if squeeze else out
-
-
 def _segment_mean(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """The kernel of :func:`segment_mean` on checked input: ``values`` [N, C, H, W], ``segments`` a LongTensor
+    """The kernel of :func:`superpixelify` on checked input: ``values`` [N, C, H, W], ``segments`` a LongTensor
     [N, H, W] on the same device (callers that checked both already, e.g. :mod:`xai_robust.grouped`)."""
     n, c, h, w = values.shape
     k = int(segments.max()) + 1 if segments.numel() else 1
@@ -191,33 +157,43 @@ def _segment_mean(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
 
 
 def superpixelify(saliency: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """Average a saliency map over super-pixels.
+    """Replace every value by the mean of its super-pixel (the operator kappa of Gong et al., Eq. 3).
+
+    ``out[n, c, i] = mean{ saliency[n, c, j] : segments[n, j] == segments[n, i] }`` — per image and per
+    channel, computed with scatter-adds (``index_add``) and a gather, so the cost is linear in the
+    number of pixels and independent of the number of segments. Differentiable in ``saliency``. This is the
+    package's one segment average: ``superpixels.segment_mean`` and ``grouped.segment_average`` are the same
+    function under the names older code used.
 
     Parameters
     ----------
     saliency : torch.Tensor
-        ``[N, H, W]`` maps (one value per pixel).
+        ``[N, H, W]`` maps or ``[N, C, H, W]`` attributions (each channel averaged separately); float.
     segments : torch.Tensor
-        ``LongTensor[N, H, W]`` partition of the same images.
+        ``LongTensor[N, H, W]`` partition of the same images (ids need not be contiguous).
 
     Returns
     -------
     torch.Tensor
-        ``[N, H, W]``: each pixel carries the mean saliency of its super-pixel.
+        The shape, dtype and device of ``saliency``; constant inside every super-pixel.
 
     Notes
     -----
-    Gong et al. (BMVC 2024), Eq. 3 applied to a single-channel map; for a linear map this equals
-    grouping first and reducing the channels afterwards. Chapter 06.
+    Gong et al., *A Super-pixel-based Approach to the Stable Interpretation of Neural Networks* (BMVC 2024),
+    Eq. 3: ``g-SG(x) = kappa(x) grad_x f(x)`` with ``kappa_ij = 1/|S_k|`` when pixels i and j share group
+    ``S_k``. For a linear reduction of the channels, averaging first or reducing first gives the same map.
+    Chapters 06 and 07.
     """
-    if isinstance(saliency, torch.Tensor) and saliency.dim() == 4:
-        raise ValueError(
-            f"saliency must be a tensor of shape (N, H, W), got {tuple(saliency.shape)}; reduce the channels "
-            "first (e.g. attribution.sum(1)) or use grouped.segment_average for (N, C, H, W)"
-        )
-    saliency = _check_values(saliency, "saliency", (3,), "(N, H, W)")
-    segments = check_segments(segments, tuple(saliency.shape)).to(saliency.device)
-    return _segment_mean(saliency.unsqueeze(1), segments).squeeze(1)
+    saliency = _check_values(saliency, "saliency", (3, 4), "(N, H, W) or (N, C, H, W)")
+    squeeze = saliency.dim() == 3
+    n, h, w = saliency.shape[0], saliency.shape[-2], saliency.shape[-1]
+    segments = check_segments(segments, (n, h, w)).to(saliency.device)
+    out = _segment_mean(saliency.unsqueeze(1) if squeeze else saliency, segments)
+    return out.squeeze(1) if squeeze else out
+
+
+#: The same function as :func:`superpixelify` (the name older code used).
+segment_mean = superpixelify
 
 
 # --------------------------------------------------------------------------------------------
