@@ -261,3 +261,19 @@ def test_bad_features_absent_class_and_unrepresentable_edits_raise():
     with pytest.raises(ValueError, match="not representable"):
         sca.edit_weights(half, 0, [0])
     assert torch.equal(half.weight, before)  # nothing written
+
+
+def test_remove_class_by_keyword_with_precomputed_accumulations():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 3)
+    feats, labels = torch.rand(30, 6), torch.arange(30) % 3
+    acc = sca.accumulate(feats, labels, lin)
+    positional = sca.remove_class(lin, None, None, 1, accumulations=acc)
+    edited = lin.weight.detach().clone()
+    positional.undo()
+    with sca.remove_class(lin, target=1, accumulations=acc):
+        torch.testing.assert_close(lin.weight.detach(), edited)
+    with pytest.raises(TypeError, match="target="):
+        sca.remove_class(lin, accumulations=acc)
+    with pytest.raises(TypeError, match="features and labels"):
+        sca.remove_class(lin, target=1)

@@ -510,8 +510,8 @@ def select_edges(scores: torch.Tensor, w_row: torch.Tensor, n_weights: int = 1, 
     return torch.argsort(masked, descending=True, stable=True)[:n_weights].tolist()
 
 
-def remove_class(linear: nn.Linear, features, labels, target: int, rate: float = 1.0, n_weights: int = 1, *,
-                 score: str = "sca", edges: str = "positive",
+def remove_class(linear: nn.Linear, features=None, labels=None, target: int | None = None, rate: float = 1.0,
+                 n_weights: int = 1, *, score: str = "sca", edges: str = "positive",
                  accumulations: Accumulations | None = None) -> EditRecord:
     """Remove a class by editing its most significant last-layer weight(s) (FCR, Algorithm 1; chapter 05).
 
@@ -523,9 +523,10 @@ def remove_class(linear: nn.Linear, features, labels, target: int, rate: float =
     linear : nn.Linear
         The model's last layer, edited in place.
     features, labels
-        Penultimate features and class labels (see :func:`accumulate`); ignored if ``accumulations`` given.
+        Penultimate features and class labels (see :func:`accumulate`); leave them out when ``accumulations``
+        is given: ``remove_class(linear, target=c, accumulations=acc)``.
     target : int
-        The class to remove.
+        The class to remove (required).
     rate : float
         Neutralisation rate ``r`` of Eq. 8.
     n_weights : int
@@ -544,8 +545,12 @@ def remove_class(linear: nn.Linear, features, labels, target: int, rate: float =
     """
     _check_linear(linear)
     rate = _check_rate(rate)
+    if target is None:
+        raise TypeError("remove_class needs target=: the class to remove")
     target = _check_index(target, linear.out_features, "target")
     if accumulations is None:
+        if features is None or labels is None:
+            raise TypeError("remove_class needs features and labels, or accumulations=sca.accumulate(...)")
         _check_features(features, linear.in_features)
     if accumulations is None and isinstance(labels, torch.Tensor) and isinstance(target, int) \
             and not bool((labels == target).any()):
