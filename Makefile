@@ -36,6 +36,7 @@ test: $(VENV)/.installed-test mathjax
 	$(PY) tools/book.py execute
 	$(PY) tools/book.py build -W
 	$(PY) -m pytest tests/test_claims.py -q -rs
+	XAI_ROBUST_SOLUTIONS=1 $(PY) -m pytest tests/test_solutions.py -q
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
