@@ -552,13 +552,21 @@ def render_pages(root: Path, pages: list[str], executable: str, shots: Path | No
                 browser.call("Emulation.setDeviceMetricsOverride", {
                     "width": width, "height": VIEWPORT_HEIGHT, "deviceScaleFactor": 1, "mobile": False},
                     session=session)
-                browser.events.clear()
-                browser.call("Page.navigate", {"url": base + page}, session=session)
-                if browser.wait_event("Page.loadEventFired", session, timeout=60) is None:
+                for attempt in range(3):  # a busy machine can let a late event of the last page interrupt this one
+                    browser.events.clear()
+                    browser.call("Page.navigate", {"url": base + page}, session=session)
+                    loaded = browser.wait_event("Page.loadEventFired", session, timeout=60) is not None
+                    try:
+                        result = browser.call("Runtime.evaluate", {
+                            "expression": PAGE_SCRIPT, "awaitPromise": True, "returnByValue": True}, session=session,
+                            timeout=120)
+                        break
+                    except CDPError as err:
+                        if "navigated or closed" not in str(err) or attempt == 2:
+                            raise
+                        log(f"[check-book] {page} @ {width} px: {err}; loading it again")
+                if not loaded:
                     findings.append(Finding(page, "broken-link", "the page did not finish loading in 60 s", [width]))
-                result = browser.call("Runtime.evaluate", {
-                    "expression": PAGE_SCRIPT, "awaitPromise": True, "returnByValue": True}, session=session,
-                    timeout=120)
                 if "exceptionDetails" in result:
                     raise CDPError(f"{page}: the page script failed: {result['exceptionDetails']}")
                 snap = result["result"]["value"]
