@@ -692,3 +692,13 @@ def test_isnet_fit_without_masks_raises_before_training():
     with pytest.raises(ValueError, match="masks"):
         isnet.fit(model, ds, variant="selective", epochs=1, lr=1e-3, ranges=(1.0, 2.0), cache=False, progress=False)
     assert not model.training
+
+
+def test_check_baseline_is_the_one_reference_image_check():
+    x = _x()
+    torch.testing.assert_close(checks.check_baseline(0.5, x), torch.full_like(x, 0.5))
+    assert checks.check_baseline(torch.zeros(1, 3, 1, 1), x).shape == x.shape
+    for bad, error, match in ((float("nan"), ValueError, "baseline"), (torch.zeros(2, 2), ValueError, "broadcast"),
+                              (torch.zeros(1, dtype=torch.complex64), TypeError, "real")):
+        with pytest.raises(error, match=match):
+            checks.check_baseline(bad, x)

@@ -17,7 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checks import check_count, check_finite, check_images, check_labels, check_model_input, check_number, check_target
+from .checks import (
+    check_baseline,
+    check_count,
+    check_images,
+    check_labels,
+    check_model_input,
+    check_number,
+    check_target,
+)
 
 __all__ = ["resolve_target", "restore_model", "input_gradient", "gradient_x_input", "smoothgrad",
            "integrated_gradients", "grad_cam", "occlusion", "explain", "methods", "check_images"]
@@ -283,27 +291,6 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, *, n_samples: int
     return grads.view(n_samples, *x.shape).mean(0)
 
 
-def _check_baseline(baseline, x) -> torch.Tensor:
-    """The IG reference image as a tensor with the shape, dtype and device of ``x``: finite and broadcastable."""
-    if isinstance(baseline, (list, tuple)):
-        baseline = np.asarray(baseline, dtype=np.float64)
-    if isinstance(baseline, (torch.Tensor, np.ndarray)):
-        check_finite(baseline, "baseline")
-        base = torch.as_tensor(baseline, device=x.device)
-        if base.is_complex():
-            raise TypeError(f"baseline must be real, got dtype {base.dtype}")
-        try:
-            shape = torch.broadcast_shapes(base.shape, x.shape)
-        except RuntimeError:
-            shape = None
-        if shape != x.shape:
-            raise ValueError(f"baseline of shape {tuple(base.shape)} does not broadcast to x's shape "
-                             f"{tuple(x.shape)}; pass a number, one image (1, C, H, W) or one per image")
-        return base.to(x.dtype).expand_as(x)
-    check_number(baseline, "baseline")
-    return torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
-
-
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, *, baseline=0.0, n_steps: int = 32,
                          batch_size: int = 256, output: str = "logit", progress: bool = False) -> torch.Tensor:
     """Integrated Gradients (Sundararajan et al., 2017) with the midpoint Riemann rule.
@@ -330,7 +317,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, *, base
     explained = _check_explanation(model, x, target, output)
     check_count(n_steps, "n_steps")
     check_count(batch_size, "batch_size")
-    base = _check_baseline(baseline, x)
+    base = check_baseline(baseline, x)
     alphas = (torch.arange(n_steps, dtype=x.dtype, device=x.device) + 0.5) / n_steps
     with restore_model(model):
         model.eval()
@@ -437,7 +424,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target=None, *, window: int, st
                          "patch side of at most the image side")
     stride = max(1, window // 2) if stride is None else check_count(stride, "stride")
     check_count(batch_size, "batch_size")
-    base = _check_baseline(baseline, x)
+    base = check_baseline(baseline, x)
     c = x.shape[1]
     with restore_model(model):
         model.eval()

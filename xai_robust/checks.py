@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["check_images", "check_model_input", "check_dtype", "known_outputs", "output_size", "check_training_data",
-           "check_finite", "check_number", "check_count", "check_labels", "check_target"]
+           "check_finite", "check_number", "check_count", "check_labels", "check_target", "check_baseline"]
 
 
 def check_images(x, name: str = "x", *, channels=None) -> None:
@@ -210,3 +210,27 @@ def check_target(model: nn.Module, target, n: int) -> None:
     if t.numel() and int(t.max()) >= k:
         raise ValueError(f"target holds class indices outside [0, {k - 1}] (max {int(t.max())}); the model has {k} "
                          "outputs")
+
+
+def check_baseline(baseline, x: torch.Tensor) -> torch.Tensor:
+    """A reference image (IG's ``x'``, the value of removed or occluded pixels): a finite number or real tensor,
+    returned broadcast to ``x``'s shape, dtype and device."""
+    if isinstance(baseline, (bool, int, float, np.generic)):
+        b = torch.tensor(check_number(baseline, "baseline"), dtype=x.dtype, device=x.device)
+    else:
+        try:
+            b = torch.as_tensor(baseline)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"baseline must be a number or a tensor broadcastable to x, "
+                            f"got {type(baseline).__name__}") from err
+        if b.is_complex():
+            raise TypeError(f"baseline must be real, got dtype {b.dtype}")
+        check_finite(b, "baseline")
+        b = b.to(dtype=x.dtype, device=x.device)
+        if not bool(torch.isfinite(b).all()):
+            raise ValueError(f"baseline holds values beyond the range of x's dtype {x.dtype}")
+    try:
+        return b.expand_as(x)
+    except RuntimeError as err:
+        raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to x of shape "
+                         f"{tuple(x.shape)}; pass a number or a tensor such as (1, C, 1, 1)") from err

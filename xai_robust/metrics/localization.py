@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from ..attribution import resolve_target, restore_model
-from ..checks import check_count, check_finite, check_model_input, check_number
-from .saliency import _baseline
+from ..checks import check_baseline, check_count, check_finite, check_model_input, check_number
 
 __all__ = ["relevance_share", "relevance_curve", "lerf_curve", "morf_curve", "curve_auc", "greedy_lerf",
            "mask_boxes", "map_boxes", "box_iou", "max_box_acc_v2"]
@@ -145,7 +144,7 @@ def relevance_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, t
     steps = check_count(steps, "steps")
     batch_size = check_count(batch_size, "batch_size")
     sal = _as_map(saliency, x)
-    base = _baseline(baseline, x)
+    base = check_baseline(baseline, x)
     n, c, h, w = x.shape
     p = h * w
     flat = sal.reshape(n, p)
@@ -243,7 +242,7 @@ def greedy_lerf(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, targe
             raise ValueError("segments must hold integer superpixel labels, got fractional values")
     batch_size = check_count(batch_size, "batch_size")
     segments = segments.to(x.device).long()
-    base = _baseline(baseline, x)
+    base = check_baseline(baseline, x)
     aucs, curves, fracs = [], [], []
     order_map = torch.zeros(n, h, w, dtype=torch.float64)
     it = range(n)

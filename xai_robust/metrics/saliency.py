@@ -19,7 +19,15 @@ import torch
 from torch import nn
 
 from ..attribution import resolve_target, restore_model
-from ..checks import check_count, check_finite, check_images, check_labels, check_model_input, check_number
+from ..checks import (
+    check_baseline,
+    check_count,
+    check_finite,
+    check_images,
+    check_labels,
+    check_model_input,
+    check_number,
+)
 
 __all__ = [
     "ssim",
@@ -62,27 +70,6 @@ def _check_maps(maps, name="saliency", n=None, hw=None) -> torch.Tensor:
         raise ValueError(f"{name} holds values beyond the float32 range; rescale the maps (e.g. divide by "
                          f"their maximum absolute value)")
     return out
-
-
-def _baseline(baseline, x: torch.Tensor) -> torch.Tensor:
-    """The replacement value of removed pixels, finite and broadcast to ``x``'s shape."""
-    if isinstance(baseline, (bool, int, float, np.generic)):
-        b = torch.tensor(check_number(baseline, "baseline"), dtype=x.dtype, device=x.device)
-    else:
-        try:
-            b = torch.as_tensor(baseline)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(f"baseline must be a number or a tensor broadcastable to x, "
-                            f"got {type(baseline).__name__}") from err
-        check_finite(b, "baseline")
-        b = b.to(dtype=x.dtype, device=x.device)
-        if not bool(torch.isfinite(b).all()):
-            raise ValueError(f"baseline holds values beyond the range of x's dtype {x.dtype}")
-    try:
-        return b.expand_as(x)
-    except RuntimeError as err:
-        raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to x of shape "
-                         f"{tuple(x.shape)}; pass a number or a tensor such as (1, C, 1, 1)") from err
 
 
 class _Evaluator:
@@ -345,7 +332,7 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     n_steps = check_count(n_steps, "n_steps")
-    base = _baseline(baseline, x)
+    base = check_baseline(baseline, x)
     ev = _Evaluator(model, output, batch_size)
     rank = _ranking(sal, order, seed).view(n, 1, 1, h, w)
     t = _target(ev, x, target)
@@ -426,7 +413,7 @@ def mu_fidelity(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, targe
     if not 1 <= size <= h * w:
         raise ValueError(f"subset_size gives {size} pixels; it must be between 1 and H*W={h * w}")
     seed = check_count(seed, "seed", minimum=0)
-    base = _baseline(baseline, x)
+    base = check_baseline(baseline, x)
     ev = _Evaluator(model, output, batch_size)
     t = _target(ev, x, target)
     gen = torch.Generator().manual_seed(seed)
