@@ -103,4 +103,4 @@ def test_isnet_cache_keys_on_masks_and_labels_of_a_tuple(tmp_path, monkeypatch):
     kw = dict(variant="selective", epochs=1, lr=1e-3, ranges=(0.1, 10.0), batch_size=16, progress=False)
     for data in ((x, y, m), (x, y, 1 - m), (x, 1 - y, m)):
         isnet.fit(models.build("conv2net", 2, in_channels=1, seed=0), data, **kw)
-    assert len(list((tmp_path / "isnet").glob("*.pt"))) == 3  # three keys, never a stale checkpoint
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 3  # three keys, never a stale checkpoint

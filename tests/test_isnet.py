@@ -335,7 +335,7 @@ def test_fit_checkpoint_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XAI_ROBUST_CACHE", str(tmp_path))
     x, y, m = toy_problem(32)
     first = isnet.fit(tiny_cnn(k=2), (x, y, m), variant="rrr", epochs=1, lr=1e-2, progress=False)
-    files = list((tmp_path / "isnet").glob("*.pt"))
+    files = list((tmp_path / "checkpoints").glob("*.pt"))
     assert len(files) == 1
     again = isnet.fit(tiny_cnn(k=2), (x, y, m), variant="rrr", epochs=1, lr=1e-2, progress=False)
     for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
@@ -381,3 +381,41 @@ def test_isnet_heatmaps_calling_shape_target_third():
     for variant in ("original", "dual"):
         with pytest.raises(ValueError, match="target=None"):
             isnet.isnet_heatmaps(model, x, other, variant=variant)
+
+
+def _reference_isnet_loop(model, x, y, m, *, variant, epochs, lr, P, ranges, batch_size, seed, clip_norm=1.0):
+    """The ISNet training loop written out (the official code's recipe): constant-lr Adam, clipping at 1, one
+    seeded generator for the batch order and the stochastic ISNet's class draws."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=0.0)
+    n = len(x)
+    total = epochs * ((n + batch_size - 1) // batch_size)
+    step = 0
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            loss, _ = isnet.isnet_loss(model, x[idx], y[idx], m[idx], variant=variant, P=P(step / total),
+                                       ranges=ranges, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            opt.step()
+            step += 1
+    return model.eval()
+
+
+@pytest.mark.parametrize("variant", ["selective", "stochastic"])
+def test_fit_is_train_fit_with_the_heatmap_loss(variant):
+    """isnet.fit runs through train.fit: the weights equal the written-out ISNet loop's, step for step."""
+    x, y, m = toy_problem(40)
+    P = isnet.warmup(0.7, 0.3)
+    kw = dict(variant=variant, epochs=2, lr=3e-3, P=P, ranges=(0.5, 20.0), batch_size=16, seed=3)
+    ours = isnet.fit(tiny_cnn(k=2), (x, y, m), cache=False, progress=False, **kw)
+    reference = _reference_isnet_loop(tiny_cnn(k=2), x, y, m, **kw)
+    for a, b in zip(ours.state_dict().values(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(ours.isnet_history) == 2 and {"loss", "acc", "ce", "lrp"} <= set(ours.isnet_history[0])

@@ -44,6 +44,47 @@ def test_fit_learns_and_caches(tmp_path, monkeypatch):
     assert train.state_digest(third) == train.state_digest(model)  # retrained deterministically
 
 
+def test_fit_options_schedule_clipping_loss_fn_and_history(tmp_path, monkeypatch):
+    """schedule, clip_norm, momentum and loss_fn's return forms; the history survives the checkpoint cache."""
+    monkeypatch.setenv("XAI_ROBUST_CACHE", str(tmp_path))
+    ds = data.load("colored_digits", "train", n=96, correlation=1.0)
+    kw = dict(epochs=2, lr=1e-2, batch_size=32, progress_bar=False, optimizer="sgd")
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append((batch["progress"], isinstance(batch["generator"], torch.Generator)))
+        logits = model(batch["image"])
+        return torch.nn.functional.cross_entropy(logits, batch["label"]), logits, {"extra": 1.0}
+
+    model = train.fit(models.build("conv2net", 2, seed=0), ds, schedule="constant", clip_norm=0.5, loss_fn=loss_fn,
+                      loss_config={"a": 1}, **kw)
+    assert [p for p, _ in seen] == [i / 6 for i in range(6)] and all(g for _, g in seen)
+    assert len(model.fit_history) == 2 and set(model.fit_history[0]) == {"loss", "acc", "extra"}
+    assert model.fit_history[0]["extra"] == 1.0
+    again = train.fit(models.build("conv2net", 2, seed=0), ds, schedule="constant", clip_norm=0.5, loss_fn=loss_fn,
+                      loss_config={"a": 1}, **kw)
+    assert len(seen) == 6 and again.fit_history == model.fit_history  # loaded with its history
+    other = train.fit(models.build("conv2net", 2, seed=0), ds, schedule="constant", clip_norm=0.5, loss_fn=loss_fn,
+                      loss_config={"a": 2}, **kw)
+    assert len(seen) == 12  # another loss_config is another checkpoint
+    assert train.state_digest(other) == train.state_digest(model)  # (the same loss: the same weights)
+    # a constant schedule and clipping change the training; the cosine default is the plain recipe
+    plain = train.fit(models.build("conv2net", 2, seed=0), ds, **kw)
+    assert train.state_digest(plain) != train.state_digest(model)
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 3
+    with pytest.raises(ValueError, match="schedule must be"):
+        train.fit(models.build("conv2net", 2), ds, schedule="step", **kw)
+    with pytest.raises(ValueError, match="clip_norm"):
+        train.fit(models.build("conv2net", 2), ds, clip_norm=-1.0, **kw)
+    with pytest.raises(TypeError, match="loss_config"):
+        train.fit(models.build("conv2net", 2), ds, loss_fn=loss_fn, loss_config=[1], **kw)
+    with pytest.raises(TypeError, match="loss_fn must return"):
+        train.fit(models.build("conv2net", 2), ds, loss_fn=lambda m, b: 1.0, cache=False, **kw)
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        train.fit(models.build("conv2net", 2), ds, loss_fn=lambda m, b: m(b["image"]).sum() * float("nan"),
+                  cache=False, **kw)
+
+
 def test_evaluate_and_embed_on_dataset():
     ds = data.load("parity_digits", "val", n=64)
     model = models.build("conv2net", 2, in_channels=1, seed=0)

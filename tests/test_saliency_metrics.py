@@ -131,6 +131,26 @@ def test_ties_are_broken_at_random_not_by_position():
     assert s0[0, 0] == s1[0, 0] and s0[0, -1] == s1[0, -1]
 
 
+def test_raster_ties_and_the_nas_curve_are_the_same_curve():
+    """ties="raster" removes equal pixels in raster order; relevance_curve (NAS) is this curve, scaled."""
+    from xai_robust.metrics import localization
+
+    w = torch.tensor([1., 2., 3., 4.]).view(1, 1, 2, 2)
+    model, x = Linear2(w), torch.ones(1, 1, 2, 2)
+    flat = torch.zeros(1, 2, 2)
+    _, s = sm.perturbation_curve(model, x, flat, 0, n_steps=4, output="logit", ties="raster")
+    torch.testing.assert_close(s, torch.tensor([[10., 9., 7., 4., 0.]]))  # pixels 0, 1, 2, 3 in turn
+    model, x, exact = linear_case()
+    fr, raw = sm.perturbation_curve(model, x, exact.double(), 0, n_steps=10, order="lerf", output="logit",
+                                    ties="raster")
+    fr2, scaled = localization.relevance_curve(model, x, exact, 0, steps=10)
+    torch.testing.assert_close(fr2, fr)
+    torch.testing.assert_close(scaled, (raw.double() - raw[:, -1:]) / (raw[:, :1] - raw[:, -1:]))
+    torch.testing.assert_close(localization.curve_auc(fr2, scaled), sm.curve_auc(fr2, scaled))
+    with pytest.raises(ValueError, match="ties must be"):
+        sm.perturbation_curve(model, x, exact, 0, ties="first")
+
+
 # ---------------------------------------------------------------- mu-fidelity
 def test_mu_fidelity_exact_attribution_is_one():
     model, x, exact = linear_case()

@@ -106,6 +106,28 @@ def check_finite(value, name: str) -> None:
                          f"is False)")
 
 
+def check_features(features, name: str, *, columns: int | None = None, min_rows: int = 1, hint: str = "") -> None:
+    """A finite 2-D float ``(N, D)`` matrix of features (a Tensor or a numpy array) with at least ``min_rows``
+    rows and, when ``columns`` is given, that many columns. ``hint`` ends the shape error (how to get the matrix).
+    """
+    if not isinstance(features, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array of shape (N, D), got "
+                        f"{type(features).__name__}" + (f"; {hint}" if hint else ""))
+    if features.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, of shape (N, D), got {tuple(features.shape)}" + (f"; {hint}" if hint else ""))
+    floating = features.is_floating_point() if isinstance(features, torch.Tensor) else features.dtype.kind == "f"
+    if not floating:
+        raise TypeError(f"{name} must hold floats, got dtype {features.dtype}; convert with {name}.float() "
+                        f"(a Tensor) or {name}.astype(np.float32) (an array)")
+    if columns is not None and features.shape[1] != columns:
+        raise ValueError(f"{name} has {features.shape[1]} columns but {columns} are expected")
+    if features.shape[0] < min_rows:
+        empty = " is empty:" if features.shape[0] == 0 else ""
+        raise ValueError(f"{name}{empty} has {features.shape[0]} rows (shape {tuple(features.shape)}); at least "
+                         f"{min_rows} rows are needed")
+    check_finite(features, name)
+
+
 def check_number(value, name: str, *, low=None, high=None, low_open: bool = False,
                  high_open: bool = False) -> float:
     """A finite real number in ``[low, high]`` (ends open when asked), returned as a float."""

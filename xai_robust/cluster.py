@@ -48,7 +48,7 @@ import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
 
-from .checks import check_count, check_finite, check_model_input
+from .checks import check_count, check_features, check_finite, check_model_input
 
 __all__ = [
     "normalize_heatmaps",
@@ -247,12 +247,9 @@ def _as_numpy(a: ArrayLike, name: str) -> np.ndarray:
 
 def _check_features(features: ArrayLike, name: str = "representations") -> np.ndarray:
     f = _as_numpy(features, name)
-    if f.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, D); flatten heatmaps first (normalize_heatmaps), got shape {f.shape}")
-    if f.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 rows to cluster, got {f.shape[0]}")
-    if not np.isfinite(f).all():
-        raise ValueError(f"{name} contain NaN or inf values")
+    if f.dtype.kind in "iub":  # integer or boolean features cluster as floats
+        f = f.astype(np.float32)
+    check_features(f, name, min_rows=2, hint="flatten heatmaps first (normalize_heatmaps); at least 2 rows cluster")
     f = f.astype(np.float32, copy=False)
     if np.ptp(f, axis=0).max() == 0:
         raise ValueError(

@@ -33,7 +33,6 @@ train mode do pass through batch statistics (as in the original implementations)
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -374,24 +373,6 @@ def rrr_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Te
     return loss, logits
 
 
-def _batches(data, batch_size, *, shuffle=False, generator=None):
-    """Yield (x, y, masks) batches from a SampleDataset-like object or an (x, y, masks) tuple."""
-    from .checks import check_count
-
-    check_count(batch_size, "batch_size")
-    if isinstance(data, (tuple, list)):
-        x, y, m = data
-    else:
-        x, y, m = data.images, data.labels, getattr(data, "masks", None)
-    if m is None:
-        raise ValueError("the dataset has no masks: the ISNet needs foreground masks (dataset.masks)")
-    n = x.shape[0]
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        yield x[idx], y[idx], m[idx]
-
-
 def estimate_ranges(model: nn.Module, data, *, variant: str, layers: list[str] | None = None,
                     batch_size: int = 128, epsilon: float = 0.01, mu: float = 0.01, first_layer=None,
                     seed: int = 0, progress: bool = True, return_stats: bool = False):
@@ -418,17 +399,19 @@ def estimate_ranges(model: nn.Module, data, *, variant: str, layers: list[str] |
         ``{key: (c1, c2)}`` for :func:`isnet_loss`'s ``ranges``.
     """
     from . import progress as progress_bar
+    from .data.base import batch_indices
 
     check_count(batch_size, "batch_size")
     dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     stats: dict[str, losses.Welford] = {}
-    n = len(data[0]) if isinstance(data, (tuple, list)) else len(data)
+    images = data[0] if isinstance(data, (tuple, list)) else data.images
+    n = len(images)
     with restore_model(model):
         model.eval()
-        for x, _y, _m in progress_bar(_batches(data, batch_size), total=math.ceil(n / batch_size),
-                                     desc="relevance range", disable=None if progress else True):
-            x = x.to(dev)
+        for idx in progress_bar(batch_indices(n, batch_size), desc="relevance range",
+                                disable=None if progress else True):
+            x = images[idx].to(dev)
             maps = isnet_heatmaps(model, x, variant=variant, epsilon=epsilon, mu=mu, first_layer=first_layer,
                                   layers=layers, generator=gen, create_graph=False)
             for key, h in maps.items():
@@ -461,6 +444,9 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
         **loss_options) -> nn.Module:
     """Train an ISNet (or the RRR baseline) in place and return it (Faster ISNet §II-B…H, App. E). Chapter 03.
 
+    This is :func:`xai_robust.train.fit` with the heatmap loss (:func:`isnet_loss`, or :func:`rrr_loss`) as
+    ``loss_fn``, a constant learning rate and gradient clipping, as in the official code.
+
     Parameters
     ----------
     model : nn.Module
@@ -479,7 +465,7 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
     clip_norm : float
         Gradient clipping at this norm (official code: 1); 0 disables.
     cache : bool
-        Reuse a checkpoint of the same configuration from ``xai_robust.cache_dir()/isnet``.
+        Reuse a checkpoint of the same configuration from ``xai_robust.cache_dir()/checkpoints``.
     lam : float
         RRR's penalty weight.
     **loss_options
@@ -488,11 +474,11 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
     Returns
     -------
     nn.Module
-        The trained model (in eval mode). ``model.isnet_history`` holds per-epoch mean losses.
+        The trained model (in eval mode). ``model.isnet_history`` (= ``model.fit_history``) holds per-epoch mean
+        losses.
     """
-    from . import cache_dir
-    from . import progress as progress_bar
-    from .cache import config_hash, content_digest, load_verified, save_verified, state_digest
+    from .data.base import SampleDataset
+    from .train import fit as train_fit
 
     if variant not in VARIANTS + ("rrr",):
         raise ValueError(f"variant must be one of {VARIANTS + ('rrr',)}, got {variant!r}")
@@ -513,76 +499,38 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
         check_number(P, "P", low=0.0, high=1.0)
     if variant != "rrr":
         _check_ranges(ranges)
-    masks_all = dataset[2] if isinstance(dataset, (tuple, list)) else getattr(dataset, "masks", None)
+    if isinstance(dataset, (tuple, list)):
+        x_all, y_all, masks_all = dataset
+    else:
+        x_all, y_all, masks_all = dataset.images, dataset.labels, getattr(dataset, "masks", None)
     if masks_all is None:
         raise ValueError("the dataset has no masks: the ISNet needs foreground masks (dataset.masks)")
-    schedule = P if callable(P) else (lambda progress, _p=float(P): _p)
     dev = next(model.parameters()).device
-    x_all = dataset[0] if isinstance(dataset, (tuple, list)) else dataset.images
-    y_all = dataset[1] if isinstance(dataset, (tuple, list)) else dataset.labels
     check_training_data(model, x_all, y_all, dev)
-    n = x_all.shape[0]
+    if isinstance(dataset, (tuple, list)):  # train.fit reads a SampleDataset
+        dataset = SampleDataset(x_all, y_all, torch.zeros(len(y_all), dtype=torch.long), masks=masks_all,
+                                class_names=[str(c) for c in range(int(y_all.max()) + 1)], group_names=["all"],
+                                name="isnet training data")
+    schedule = P if callable(P) else (lambda progress, _p=float(P): _p)
 
-    key = None
-    if cache:
-        # the full content of the images, labels and masks (a tuple's, or a dataset's own fingerprint)
-        fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else content_digest(*dataset)
-        init = state_digest(model)
-        config = dict(variant=variant, epochs=epochs, lr=lr, P=repr(P) if callable(P) else float(P),
-                      ranges=ranges, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
-                      weight_decay=weight_decay, clip_norm=clip_norm, seed=seed, lam=lam, data=fingerprint,
-                      init=init, arch=type(model).__name__, options=loss_options, v=3)
-        if callable(P):
-            config["P_values"] = [round(P(i / 20), 6) for i in range(20)]
-        key = cache_dir() / "isnet" / f"{config_hash(config)}.pt"
-        payload = load_verified(key, map_location=dev)
-        if payload is not None:  # verified, else retrain
-            model.load_state_dict(payload["state"])
-            model.isnet_history = payload.get("history", [])
-            return model.eval()
+    def loss_fn(net, batch):
+        if variant == "rrr":
+            return rrr_loss(net, batch["image"], batch["label"], batch["mask"], lam=lam, return_parts=True)
+        return isnet_loss(net, batch["image"], batch["label"], batch["mask"], variant=variant,
+                          P=schedule(batch["progress"]), ranges=ranges, generator=batch["generator"],
+                          return_parts=True, **loss_options)
 
-    gen = torch.Generator().manual_seed(seed)
+    loss_fn.__name__ = f"isnet_{variant}"
+    config = dict(variant=variant, P=repr(P) if callable(P) else float(P), ranges=ranges, lam=lam,
+                  options=loss_options, arch=type(model).__name__)
+    if callable(P):
+        config["P_values"] = [round(P(i / 20), 6) for i in range(20)]
     torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = (torch.optim.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == "adam"
-           else torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay))
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
-    history = []
-    model.train()
-    bar = progress_bar(total=total, desc=f"{variant} ISNet" if variant != "rrr" else "RRR",
-                       disable=None if progress else True)
-    step = 0
-    for _ in range(epochs):
-        sums: dict[str, float] = {}
-        for x, y, m in _batches(dataset, batch_size, shuffle=True, generator=gen):
-            x, y, m = x.to(dev), y.to(dev), m.to(dev)
-            if variant == "rrr":
-                loss, logits, parts = rrr_loss(model, x, y, m, lam=lam, return_parts=True)
-            else:
-                loss, logits, parts = isnet_loss(model, x, y, m, variant=variant, P=schedule(step / total),
-                                                 ranges=ranges, generator=gen, return_parts=True, **loss_options)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the {variant} loss became {loss.item()} at step {step}; lower lr or "
-                                         "check the relevance ranges")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_norm:
-                torch.nn.utils.clip_grad_norm_(params, clip_norm)
-            opt.step()
-            parts["loss"] = float(loss.detach())
-            parts["acc"] = float((logits.argmax(1) == y).float().mean())
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.3f}", acc=f"{parts['acc']:.2f}", refresh=False)
-        history.append({k: v / steps_per_epoch for k, v in sums.items()})
-    bar.close()
-    model.eval()
-    model.isnet_history = history
-    if key is not None:
-        save_verified({"state": model.state_dict(), "history": history}, key)
+    train_fit(model, dataset, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+              optimizer=optimizer, momentum=momentum, schedule="constant", clip_norm=clip_norm, seed=seed,
+              loss_fn=loss_fn, loss_config=config, device=dev, cache=cache, progress_bar=progress,
+              desc=f"{variant} ISNet" if variant != "rrr" else "RRR")
+    model.isnet_history = model.fit_history
     return model
 
 

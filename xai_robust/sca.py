@@ -37,7 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .checks import check_count, check_finite, check_labels, check_number
+from .checks import check_count, check_features, check_finite, check_labels, check_number
+from .data.base import batch_indices
 
 __all__ = [
     "Accumulations", "accumulate", "entropy", "ca_scores", "sca_scores", "orthogonal_weight",
@@ -58,21 +59,12 @@ def _check_linear(linear, name: str = "linear") -> None:
 
 
 def _check_features(features, in_features: int | None, name: str = "features") -> None:
-    if not isinstance(features, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (N, D), got {type(features).__name__}; "
-                        f"compute it with xai_robust.models.embed(model, x)")
-    if features.dim() != 2:
-        raise ValueError(f"{name} must have shape (N, D) (penultimate features), got {tuple(features.shape)}; "
-                         f"flatten with {name}.flatten(1)")
-    if not features.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got dtype {features.dtype}; use {name}.float()")
-    if in_features is not None and features.shape[1] != in_features:
-        raise ValueError(f"{name} has {features.shape[1]} columns but the linear layer expects "
-                         f"{in_features} input features; pass the penultimate features of the same model")
-    if features.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(features.shape)}): pass at least one sample")
-    if not bool(torch.isfinite(features).all()):
-        raise ValueError(f"{name} holds NaN or inf values; check the model and the inputs that produced them")
+    """Penultimate features for a linear layer with ``in_features`` inputs (:func:`checks.check_features`)."""
+    if isinstance(features, np.ndarray):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, D), got a numpy array; convert it with "
+                        f"torch.from_numpy({name})")
+    check_features(features, name, columns=in_features, hint=f"compute it with xai_robust.models.embed(model, x); "
+                   f"flatten with {name}.flatten(1)")
 
 
 def _check_labels(labels, n: int, num_classes: int, name: str = "labels") -> None:
@@ -128,12 +120,17 @@ class Accumulations:
     counts: torch.Tensor
 
 
-def _batches(features, labels, batch_size: int):
+def _feature_batches(features, labels, batch_size: int):
+    """(features, labels) batches from a tensor and its labels, or from an iterable of batches as given."""
     if isinstance(features, torch.Tensor):
         if labels is None:
             raise ValueError("labels is required when features is a tensor (one class index per row)")
-        for start in range(0, features.shape[0], batch_size):
-            yield features[start:start + batch_size], labels[start:start + batch_size]
+        if not isinstance(labels, torch.Tensor) or labels.shape[:1] != features.shape[:1]:
+            got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f"labels must be a LongTensor of {features.shape[0]} class indices, one per row of "
+                             f"features, got {got}")
+        for idx in batch_indices(features.shape[0], batch_size):
+            yield features[idx], labels[idx]
     else:
         if labels is not None:
             raise ValueError("pass labels=None when features is an iterable of (features, labels) batches")
@@ -187,7 +184,7 @@ def accumulate(features, labels, linear: nn.Linear, *, batch_size: int = 4096,
     acts = torch.zeros(K, D, dtype=torch.float64, device=dev)
     grads = torch.zeros(K, K, D, dtype=torch.float64, device=dev)
     counts = torch.zeros(K, dtype=torch.float64, device=dev)
-    iterator = _batches(features, labels, batch_size)
+    iterator = _feature_batches(features, labels, batch_size)
     if progress:
         from . import progress as progress_bar
         total = None

@@ -19,19 +19,11 @@ from . import cache_dir, progress
 from . import device as default_device
 from .cache import config_hash, load_verified, save_verified, state_digest
 from .checks import check_count, check_finite, check_images, check_model_input, check_number, check_training_data
-from .data.base import LazyImages, SampleDataset
+from .data.base import LazyImages, SampleDataset, batch_indices
 from .metrics.groups import group_accuracies, mean_accuracy, worst_group_accuracy
 from .models import check_input_channels
 
 __all__ = ["fit", "predict", "evaluate", "embed", "erm", "progress", "state_digest"]
-
-
-def _batches(n, batch_size, generator, weights=None):
-    if weights is None:
-        order = torch.randperm(n, generator=generator)
-    else:  # sampling with replacement in proportion to the weights (JTT's upsampling)
-        order = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
 def _checkpoint_path(key: str):
@@ -41,10 +33,14 @@ def _checkpoint_path(key: str):
 
 
 def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e-3, batch_size: int = 128,
-        weight_decay: float = 1e-4, optimizer: str = "adam", seed: int = 0, sample_weights=None,
-        loss_fn: Callable | None = None, device=None, cache: bool = True, progress_bar: bool = True,
+        weight_decay: float = 1e-4, optimizer: str = "adam", momentum: float = 0.9, schedule: str = "cosine",
+        clip_norm: float = 0.0, seed: int = 0, sample_weights=None, loss_fn: Callable | None = None,
+        loss_config: dict | None = None, device=None, cache: bool = True, progress_bar: bool = True,
         desc: str = "training") -> nn.Module:
     """Train a classifier with cross-entropy (or ``loss_fn``) and return it in eval mode.
+
+    The one training loop of the package: chapter 01's ERM models, JTT (``sample_weights``), and the ISNets and
+    RRR (:func:`xai_robust.isnet.fit` passes the heatmap loss as ``loss_fn``) all run through it.
 
     Parameters
     ----------
@@ -54,20 +50,37 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
         Training data.
     epochs, lr, batch_size, weight_decay : training recipe.
     optimizer : {'adam', 'sgd'}
-        Adam, or SGD with momentum 0.9.
+        Adam, or SGD with ``momentum``.
+    momentum : float
+        SGD's momentum (ignored by Adam).
+    schedule : {'cosine', 'constant'}
+        Learning rate: cosine annealing to 0 over every step, or constant.
+    clip_norm : float
+        Clip the gradient norm of the trained parameters at this value before each step; 0 disables.
     seed : int
-        Seed for the batch order.
+        Seed for the batch order (a ``torch.Generator`` also passed to ``loss_fn`` as ``batch["generator"]``).
     sample_weights : Tensor[N], optional
         Draw each epoch's samples with replacement in proportion to these weights (JTT upsampling).
     loss_fn : callable, optional
-        ``loss_fn(model, batch_dict) -> loss`` replacing cross-entropy; give it a ``__name__`` that describes
-        it, since the name is part of the cache key.
+        ``loss_fn(model, batch) -> loss`` replacing cross-entropy. ``batch`` holds ``image``, ``label``,
+        ``group``, ``index``, ``mask`` (when the dataset has masks), ``progress`` (the fraction of training done,
+        in [0, 1)) and ``generator``. It returns the loss, or ``(loss, logits)``, or ``(loss, logits, parts)`` with
+        ``parts`` a dict of floats to log; the logits give the training accuracy.
+    loss_config : dict, optional
+        Everything that determines ``loss_fn`` (its options), made part of the cache key; without it the key
+        holds ``loss_fn.__name__``.
     device : torch.device, optional
         Default :func:`xai_robust.device`.
     cache : bool
         Load/save the trained weights under ``cache_dir()/checkpoints``.
     progress_bar : bool
         Show a progress bar over epochs.
+
+    Returns
+    -------
+    nn.Module
+        The trained model, in eval mode. ``model.fit_history`` holds one dict per epoch: the mean over its steps
+        of ``loss``, ``acc`` and each of ``loss_fn``'s ``parts``.
     """
     # every check runs before the model changes (it is moved to the device, then trained)
     _check_model(model)
@@ -80,12 +93,18 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     check_number(lr, "lr", low=0.0)
     check_number(weight_decay, "weight_decay", low=0.0)
+    check_number(momentum, "momentum", low=0.0, high=1.0)
+    check_number(clip_norm, "clip_norm", low=0.0)
     check_count(seed, "seed", minimum=0)
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be None or a callable loss_fn(model, batch) -> loss, got "
                         f"{type(loss_fn).__name__}")
+    if loss_config is not None and not isinstance(loss_config, dict):
+        raise TypeError(f"loss_config must be None or a dict of loss_fn's options, got {type(loss_config).__name__}")
     n = len(dataset)
     if n == 0:
         raise ValueError("dataset is empty")
@@ -103,51 +122,100 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
         check_training_data(model, dataset.images, dataset.labels, device)
     elif isinstance(dataset.images, torch.Tensor):
         check_finite(dataset.images, "dataset.images")
-    key = config_hash(dict(init=state_digest(model), data=dataset.fingerprint(), epochs=epochs, lr=lr,
-                           batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, seed=seed,
-                           weights=None if sample_weights is None else hashlib.sha256(
-                               sample_weights.numpy().tobytes()).hexdigest(),
-                           loss=None if loss_fn is None else getattr(loss_fn, "__name__", repr(loss_fn))))
-    path = _checkpoint_path(key)
+    recipe = dict(init=state_digest(model), data=dataset.fingerprint(), epochs=epochs, lr=lr,
+                  batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, seed=seed,
+                  weights=None if sample_weights is None else hashlib.sha256(
+                      sample_weights.numpy().tobytes()).hexdigest(),
+                  loss=None if loss_fn is None else getattr(loss_fn, "__name__", repr(loss_fn)))
+    # options that are off by default join the key only when set, so existing checkpoints stay valid
+    if optimizer == "sgd":
+        recipe["momentum"] = momentum
+    if schedule != "cosine":
+        recipe["schedule"] = schedule
+    if clip_norm:
+        recipe["clip_norm"] = clip_norm
+    if loss_config is not None:
+        recipe["loss_config"] = loss_config
+    path = _checkpoint_path(config_hash(recipe))
     state = load_verified(path) if cache else None
     if state is not None:
+        history = state.pop(_HISTORY, []) if isinstance(state, dict) else []
         model.load_state_dict(state)
+        model.fit_history = history
         return model.to(device).eval()
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == "adam"
-           else torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * ((n + batch_size - 1) // batch_size)))
+           else torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay))
+    steps_per_epoch = (n + batch_size - 1) // batch_size
+    total_steps = max(1, epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps) if schedule == "cosine" else None
     g = torch.Generator().manual_seed(seed)
+    history = []
+    step = 0
     bar = progress(range(epochs), desc=desc, disable=not progress_bar or None)
     for _ in bar:
+        sums: dict[str, float] = {}
         total, correct, seen = 0.0, 0, 0
-        for idx in _batches(n, batch_size, g, sample_weights):
+        for idx in batch_indices(n, batch_size, generator=g, weights=sample_weights):
             x = dataset.images[idx].to(device)
             y = dataset.labels[idx].to(device)
+            parts = {}
             if loss_fn is None:
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
-                correct += int((logits.argmax(1) == y).sum())
             else:
-                batch = {"image": x, "label": y, "group": dataset.groups[idx].to(device), "index": idx}
+                batch = {"image": x, "label": y, "group": dataset.groups[idx].to(device), "index": idx,
+                         "progress": step / total_steps, "generator": g}
                 if dataset.masks is not None:
                     batch["mask"] = dataset.masks[idx].to(device)
-                loss = loss_fn(model, batch)
+                loss, logits, parts = _unpack_loss(loss_fn(model, batch))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss became {loss.item()} at step {step} ({desc}); lower lr "
+                                         "or check the loss's inputs")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip_norm:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
             opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
+            if sched is not None:
+                sched.step()
+            step += 1
+            value = float(loss.detach())
+            total += value * len(idx)
             seen += len(idx)
+            logged = {"loss": value}
+            if logits is not None:
+                hits = int((logits.argmax(1) == y).sum())
+                correct += hits
+                logged["acc"] = hits / len(idx)
+            for key, v in {**logged, **parts}.items():
+                sums[key] = sums.get(key, 0.0) + v
+        history.append({key: v / steps_per_epoch for key, v in sums.items()})
         postfix = {"loss": f"{total / seen:.3f}"}
-        if loss_fn is None:
+        if "acc" in sums:
             postfix["acc"] = f"{correct / seen:.3f}"
         bar.set_postfix(postfix)
     model.eval()
+    model.fit_history = history
     if cache:
-        save_verified(model.state_dict(), path)
+        save_verified({**model.state_dict(), _HISTORY: history}, path)
     return model
+
+
+_HISTORY = "__fit_history__"  # the per-epoch history, stored next to the weights in a checkpoint
+
+
+def _unpack_loss(out):
+    """``loss_fn``'s result as (loss, logits or None, parts dict)."""
+    if isinstance(out, torch.Tensor):
+        return out, None, {}
+    if isinstance(out, tuple) and len(out) in (2, 3) and isinstance(out[0], torch.Tensor):
+        loss, logits = out[0], out[1]
+        parts = dict(out[2]) if len(out) == 3 else {}
+        return loss, logits, parts
+    raise TypeError("loss_fn must return the loss Tensor, (loss, logits) or (loss, logits, parts), got "
+                    f"{type(out).__name__}")
 
 
 def _check_model(model) -> None:

@@ -17,9 +17,31 @@ from .. import cache_dir
 from ..cache import config_hash, content_digest, load_verified, save_verified
 from ..checks import check_count, check_finite, check_images, check_labels
 
-__all__ = ["SampleDataset", "LazyImages", "cached", "config_hash"]
+__all__ = ["SampleDataset", "LazyImages", "cached", "config_hash", "batch_indices"]
 
 CACHE_VERSION = 3  # bump whenever a generator changes: cached data is keyed by configuration only
+
+
+def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None = None,
+                  weights: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The package's one batching helper: the sample indices of one pass over ``n`` samples, in batches.
+
+    In order (``0 … n-1``) by default; a random permutation drawn from ``generator``; or ``n`` draws with
+    replacement in proportion to ``weights`` (JTT's upsampling), also from ``generator``.
+
+    Returns
+    -------
+    list of LongTensor
+        Consecutive batches of at most ``batch_size`` indices.
+    """
+    batch_size = check_count(batch_size, "batch_size")
+    if weights is not None:
+        order = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
+    elif generator is not None:
+        order = torch.randperm(n, generator=generator)
+    else:
+        order = torch.arange(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
 def _check_n(n, default: int) -> int:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..attribution import resolve_target, restore_model
 from ..checks import check_baseline, check_count, check_finite, check_model_input, check_number
+from .saliency import curve_auc, perturbation_curve
 
 __all__ = ["relevance_share", "relevance_curve", "lerf_curve", "morf_curve", "curve_auc", "greedy_lerf",
            "mask_boxes", "map_boxes", "box_iou", "max_box_acc_v2"]
@@ -101,12 +102,13 @@ def _scores(model, x, t, batch_size):
 
 
 def relevance_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target=None, *,
-                       order: str = "lerf", steps: int = 20, baseline=0.0, scale: bool = True,
-                       batch_size: int = 128):
+                    order: str = "lerf", steps: int = 20, baseline=0.0, scale: bool = True,
+                    batch_size: int = 128):
     """Least- or most-relevant-first removal curve of the target's pre-softmax score (NAS §4.3.2).
 
-    Pixels are removed (set to ``baseline``) in order of saliency — ascending for LeRF, descending for MoRF,
-    ties in raster order — in ``steps`` equal fractions. With ``scale=True`` the curve is mapped to start at 1
+    :func:`xai_robust.metrics.perturbation_curve` in NAS's setting: pixels are removed (set to ``baseline``) in
+    order of saliency — ascending for LeRF, descending for MoRF, ties in raster order — in ``steps`` equal
+    fractions, and the logit of the target is tracked. With ``scale=True`` the curve is mapped to start at 1
     (intact image) and end at 0 (every pixel removed), as in NAS §4.3.2, so that AUCs compare across images:
     ``c(t) = (f(x_t) − f(x_1)) / (f(x_0) − f(x_1))``.
 
@@ -135,7 +137,7 @@ def relevance_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, t
     Returns
     -------
     fractions : Tensor[steps + 1]
-        Fraction of pixels removed.
+        Fraction of pixels removed (``round(j H W / steps) / (H W)``).
     curve : Tensor[N, steps + 1]
     """
     check_model_input(model, x)
@@ -144,22 +146,10 @@ def relevance_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, t
     steps = check_count(steps, "steps")
     batch_size = check_count(batch_size, "batch_size")
     sal = _as_map(saliency, x)
-    base = check_baseline(baseline, x)
-    n, c, h, w = x.shape
-    p = h * w
-    flat = sal.reshape(n, p)
-    rank = torch.argsort(flat if order == "lerf" else -flat, dim=1, stable=True)
-    position = torch.empty_like(rank).scatter_(1, rank, torch.arange(p, device=x.device).expand(n, p))
-    fractions = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    counts = (fractions * p).round().long()
-    with restore_model(model), torch.no_grad():
-        model.eval()
-        t = resolve_target(torch.cat([model(x[s:s + batch_size]) for s in range(0, n, batch_size)]), target)
-        cols = []
-        for k in counts.tolist():
-            removed = (position < k).reshape(n, 1, h, w)
-            cols.append(_scores(model, torch.where(removed, base, x), t, batch_size))
-    curve = torch.stack(cols, 1).double().cpu()
+    fractions, curve = perturbation_curve(model, x, sal, target, mode="deletion", n_steps=steps, order=order,
+                                          baseline=baseline, output="logit", ties="raster",
+                                          batch_size=batch_size)
+    curve = curve.double()
     if scale:
         curve = _scale(curve)
     return fractions, curve
@@ -179,30 +169,6 @@ def lerf_curve(model, x, saliency, target=None, **kwargs):
 def morf_curve(model, x, saliency, target=None, **kwargs):
     """Most-relevant-first curve; see :func:`relevance_curve`."""
     return relevance_curve(model, x, saliency, target, order="morf", **kwargs)
-
-
-def curve_auc(fractions: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
-    """Area under a removal curve by the trapezoidal rule (NAS §4.3.2): Tensor[N].
-
-    ``fractions`` is a finite 1-D grid of at least two points; ``curve`` is (N, P) or (P,). A NaN in a curve
-    (the marker :func:`relevance_curve` writes for an image whose two end scores coincide) gives that image a
-    NaN area, so average with ``torch.nanmean``; an infinite value raises.
-    """
-    fractions = torch.as_tensor(fractions, dtype=torch.float64)
-    curve = torch.as_tensor(curve, dtype=torch.float64)
-    if fractions.dim() != 1 or fractions.numel() < 2:
-        raise ValueError(f"fractions must be a 1-D grid of at least 2 points, got shape {tuple(fractions.shape)}")
-    check_finite(fractions, "fractions")
-    if curve.dim() == 1:
-        curve = curve[None]
-    if curve.dim() != 2 or curve.shape[0] == 0:
-        raise ValueError(f"curve must have shape (N, P) or (P,) with N >= 1, got {tuple(curve.shape)}")
-    if bool(torch.isinf(curve).any()):
-        raise ValueError("curve holds inf values; check the scores that produced it (NaN marks a degenerate "
-                         "image and is allowed)")
-    if curve.shape[-1] != fractions.shape[-1]:
-        raise ValueError(f"curve has {curve.shape[-1]} points but fractions has {fractions.shape[-1]}")
-    return torch.trapezoid(curve, fractions, dim=-1)
 
 
 def greedy_lerf(model: nn.Module, x: torch.Tensor, segments: torch.Tensor, target=None, *, baseline=0.0,

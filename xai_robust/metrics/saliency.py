@@ -34,6 +34,7 @@ __all__ = [
     "spearman",
     "mege",
     "perturbation_curve",
+    "curve_auc",
     "deletion_auc",
     "insertion_auc",
     "mu_fidelity",
@@ -47,8 +48,9 @@ _OUTPUTS = ("probability", "logit")
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def _check_maps(maps, name="saliency", n=None, hw=None) -> torch.Tensor:
-    """Non-empty, finite ``(N, H, W)`` maps (matching ``n`` images of size ``hw``), as float32."""
+def _check_maps(maps, name="saliency", n=None, hw=None, keep_double=False) -> torch.Tensor:
+    """Non-empty, finite ``(N, H, W)`` maps (matching ``n`` images of size ``hw``), as float32 (float64 maps stay
+    float64 with ``keep_double``: a ranking then sees every distinct value)."""
     if not isinstance(maps, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, H, W), got {type(maps).__name__}")
     if maps.dim() != 3:
@@ -65,6 +67,8 @@ def _check_maps(maps, name="saliency", n=None, hw=None) -> torch.Tensor:
     if maps.is_complex():
         raise TypeError(f"{name} must hold real values, got dtype {maps.dtype}")
     check_finite(maps, name)
+    if keep_double and maps.dtype == torch.float64:
+        return maps.detach()
     out = maps.detach().float()
     if not bool(torch.isfinite(out).all()):
         raise ValueError(f"{name} holds values beyond the float32 range; rescale the maps (e.g. divide by "
@@ -100,15 +104,21 @@ def _target(evaluator: _Evaluator, x, target) -> torch.Tensor:
     return resolve_target(evaluator.logits(x), target)
 
 
-def _ranking(saliency: torch.Tensor, order: str, seed: int) -> torch.Tensor:
-    """Rank of every pixel (0 = removed first), ties broken at random (super-pixel maps tie a lot)."""
+def _ranking(saliency: torch.Tensor, order: str, seed: int, ties: str = "random") -> torch.Tensor:
+    """Rank of every pixel (0 = removed first); ties broken at random (super-pixel maps tie a lot) or in raster
+    order (``ties="raster"``)."""
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' (most relevant first) or 'lerf' (least relevant first), got {order!r}")
+    if ties not in ("random", "raster"):
+        raise ValueError(f"ties must be 'random' or 'raster', got {ties!r}")
     seed = check_count(seed, "seed", minimum=0)
     n = saliency.shape[0]
     flat = saliency.reshape(n, -1)
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.rand(flat.shape, generator=gen).argsort(1).to(flat.device)
+    if ties == "random":
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.rand(flat.shape, generator=gen).argsort(1).to(flat.device)
+    else:
+        perm = torch.arange(flat.shape[1], device=flat.device).expand(n, -1).contiguous()
     values = flat.gather(1, perm)
     idx = torch.sort(values, dim=1, descending=(order == "morf"), stable=True).indices
     ordered = perm.gather(1, idx)  # pixel indices, first removed first
@@ -287,12 +297,14 @@ def mege(explanations: torch.Tensor, folds: torch.Tensor, *, distance: str = "sp
 # --------------------------------------------------------------------------------------------
 def perturbation_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target=None, *,
                        mode: str = "deletion", n_steps: int = 20, order: str = "morf", baseline=0.0,
-                       output: str = "probability", batch_size: int = 256, seed: int = 0):
+                       output: str = "probability", ties: str = "random", batch_size: int = 256, seed: int = 0):
     """Score of the explained class while pixels are deleted from (or inserted into) the image.
 
     Step ``j`` of ``n_steps`` replaces the ``round(j H W / n_steps)`` first pixels of the ranking (all
     channels of a pixel together) by ``baseline`` (deletion), or starts from the baseline image and
-    restores them (insertion).
+    restores them (insertion). The package's one perturbation curve: deletion/insertion AUC (chapter 06) and
+    the LeRF/MoRF curves of NAS (:func:`xai_robust.metrics.relevance_curve`, chapter 07) are read from it, and
+    :func:`curve_auc` integrates any of them.
 
     Parameters
     ----------
@@ -314,6 +326,8 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor
         a number or a tensor broadcastable to ``x``.
     output : {"probability", "logit"}
         Score tracked along the curve (the paper reports probabilities).
+    ties : {"random", "raster"}
+        Order between pixels of equal saliency: random (seeded by ``seed``), or raster order.
     batch_size : int
         Images per forward pass (>= 1).
     seed : int
@@ -322,19 +336,19 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor
     Returns
     -------
     fractions : torch.Tensor
-        ``[n_steps + 1]`` fractions of perturbed pixels, 0 to 1.
+        ``[n_steps + 1]`` fractions of perturbed pixels, 0 to 1 (float64: the pixels actually perturbed).
     scores : torch.Tensor
         ``[N, n_steps + 1]``.
     """
     check_model_input(model, x)
     n, c, h, w = x.shape
-    sal = _check_maps(saliency, n=n, hw=(h, w)).to(x.device)
+    sal = _check_maps(saliency, n=n, hw=(h, w), keep_double=True).to(x.device)
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     n_steps = check_count(n_steps, "n_steps")
     base = check_baseline(baseline, x)
     ev = _Evaluator(model, output, batch_size)
-    rank = _ranking(sal, order, seed).view(n, 1, 1, h, w)
+    rank = _ranking(sal, order, seed, ties).view(n, 1, 1, h, w)
     t = _target(ev, x, target)
     counts = torch.round(torch.arange(n_steps + 1, dtype=torch.float64) * (h * w) / n_steps).long().to(x.device)
     per_chunk = max(1, ev.batch_size // (n_steps + 1))  # images whose whole curve fits in one batch
@@ -350,8 +364,28 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor
     return counts.double().cpu() / (h * w), scores.cpu()
 
 
-def _auc(fractions: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    return torch.trapezoid(scores.double(), fractions.double(), dim=1)
+def curve_auc(fractions: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
+    """Area under a perturbation curve by the trapezoidal rule (Petsiuk et al., 2018; NAS §4.3.2): Tensor[N].
+
+    ``fractions`` is a finite 1-D grid of at least two points; ``curve`` is (N, P) or (P,). A NaN in a curve
+    (the marker :func:`xai_robust.metrics.relevance_curve` writes for an image whose two end scores coincide)
+    gives that image a NaN area, so average with ``torch.nanmean``; an infinite value raises.
+    """
+    fractions = torch.as_tensor(fractions, dtype=torch.float64)
+    curve = torch.as_tensor(curve, dtype=torch.float64)
+    if fractions.dim() != 1 or fractions.numel() < 2:
+        raise ValueError(f"fractions must be a 1-D grid of at least 2 points, got shape {tuple(fractions.shape)}")
+    check_finite(fractions, "fractions")
+    if curve.dim() == 1:
+        curve = curve[None]
+    if curve.dim() != 2 or curve.shape[0] == 0:
+        raise ValueError(f"curve must have shape (N, P) or (P,) with N >= 1, got {tuple(curve.shape)}")
+    if bool(torch.isinf(curve).any()):
+        raise ValueError("curve holds inf values; check the scores that produced it (NaN marks a degenerate "
+                         "image and is allowed)")
+    if curve.shape[-1] != fractions.shape[-1]:
+        raise ValueError(f"curve has {curve.shape[-1]} points but fractions has {fractions.shape[-1]}")
+    return torch.trapezoid(curve, fractions, dim=-1)
 
 
 def deletion_auc(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target=None, **kwargs) -> torch.Tensor:
@@ -361,7 +395,7 @@ def deletion_auc(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, targ
     class is integrated over the removed fraction (trapezoid rule). Keyword arguments as in
     :func:`perturbation_curve`. Gong et al. (BMVC 2024), Table 1. Chapter 06.
     """
-    return _auc(*perturbation_curve(model, x, saliency, target, mode="deletion", **kwargs))
+    return curve_auc(*perturbation_curve(model, x, saliency, target, mode="deletion", **kwargs))
 
 
 def insertion_auc(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target=None, **kwargs) -> torch.Tensor:
@@ -370,7 +404,7 @@ def insertion_auc(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, tar
     Starting from the baseline (blank) image, the most relevant pixels are restored first.
     Keyword arguments as in :func:`perturbation_curve`. Gong et al. (BMVC 2024), Table 1. Chapter 06.
     """
-    return _auc(*perturbation_curve(model, x, saliency, target, mode="insertion", **kwargs))
+    return curve_auc(*perturbation_curve(model, x, saliency, target, mode="insertion", **kwargs))
 
 
 def mu_fidelity(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target=None, *, n_subsets: int = 64,
