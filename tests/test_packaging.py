@@ -1,6 +1,7 @@
 """Repository hygiene: dependencies agree, the toc lists what exists, notebooks are committed clean."""
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,34 @@ def test_progress_static_mode_prints_one_line_per_loop(monkeypatch, capsys):
     monkeypatch.setenv("XAI_ROBUST_PROGRESS", "0")
     assert list(xai_robust.progress(range(2), desc="quiet")) == [0, 1]
     assert capsys.readouterr().out == ""
+
+
+def _book_tool(root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("book_tool", ROOT / "tools" / "book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.ROOT = root
+    return module
+
+
+def test_the_repository_url_lives_in_config_yml_and_a_fork_changes_one_line(tmp_path):
+    """Every chapter's Colab cell installs _config.yml's repository.url; `tools/book.py repository` propagates a
+    changed URL into every notebook, and `execute`/`build` refuse notebooks that disagree."""
+    tool = _book_tool(ROOT)
+    url = tool.repository_url()
+    assert set(tool.install_urls().values()) == {url}
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    config = (ROOT / "_config.yml").read_text()
+    (tmp_path / "_config.yml").write_text(config.replace(url, "https://github.com/a-fork/xai-robust"))
+    fork = _book_tool(tmp_path)
+    with pytest.raises(SystemExit, match="tools/book.py repository"):
+        fork.check_repository()
+    fork.write_repository()
+    assert set(fork.install_urls().values()) == {"https://github.com/a-fork/xai-robust"}
+    fork.check_repository()
+    for nb in (tmp_path / "notebooks").glob("*.ipynb"):  # only the one line changed
+        before = (ROOT / "notebooks" / nb.name).read_text().splitlines()
+        after = nb.read_text().splitlines()
+        assert len(before) == len(after) and sum(a != b for a, b in zip(before, after, strict=True)) == 1

@@ -8,11 +8,16 @@
                                   MathJax is served by the book itself (no CDN): the local copy in
                                   _build/mathjax/es5 (`make mathjax`, or $XAI_ROBUST_MATHJAX) is copied to
                                   _build/html/_static/mathjax/, where _config.yml's mathjax_path points.
-Committed notebooks are never written to, so `git status` stays clean.
+``python tools/book.py repository`` writes _config.yml's ``repository.url`` into every chapter's Colab install
+                                  cell (the ``REPOSITORY = "..."`` line): a fork changes that one line of
+                                  _config.yml and runs this; ``execute`` and ``build`` refuse notebooks whose
+                                  install URL disagrees with _config.yml (the launch buttons read it directly).
+Apart from ``repository``, committed notebooks are never written to, so `git status` stays clean.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +31,65 @@ SITE = BUILD / "site"
 MATHJAX = BUILD / "mathjax" / "es5"  # MathJax 3's es5/ folder, unpacked by `make mathjax`
 # what tex-mml-chtml.js loads at run time: TeX extensions, CHTML fonts, the menu, accessibility and speech
 MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output/chtml.js", "output/chtml", "ui", "a11y", "sre", "adaptors")
+
+
+REPOSITORY_LINE = re.compile(r'^REPOSITORY = "([^"]*)"(.*)$')
+
+
+def repository_url() -> str:
+    """_config.yml's ``repository.url``: the one place the repository's address lives."""
+    import yaml
+
+    url = (yaml.safe_load((ROOT / "_config.yml").read_text()).get("repository") or {}).get("url")
+    if not url:
+        sys.exit("[book] _config.yml has no repository.url")
+    return url
+
+
+def install_urls() -> dict:
+    """``{notebook name: the URL of its Colab install cell}`` (None where the cell has no REPOSITORY line)."""
+    import json
+
+    found = {}
+    for nb in notebooks():
+        cells = json.loads(nb.read_text())["cells"]
+        urls = [m.group(1) for c in cells if c["cell_type"] == "code"
+                for line in "".join(c["source"]).splitlines() if (m := REPOSITORY_LINE.match(line))]
+        found[nb.name] = urls[0] if len(urls) == 1 else None
+    return found
+
+
+def check_repository():
+    url = repository_url()
+    wrong = {name: got for name, got in install_urls().items() if got != url}
+    if wrong:
+        sys.exit(f"[book] the Colab install cell of {sorted(wrong)} does not install {url} (_config.yml's "
+                 "repository.url): run `python tools/book.py repository`")
+
+
+def write_repository():
+    """Write _config.yml's repository.url into every chapter's ``REPOSITORY = "..."`` line."""
+    import json
+
+    url = repository_url()
+    for nb in notebooks():
+        text = nb.read_text()
+        notebook = json.loads(text)
+        changed = 0
+        for cell in notebook["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            lines = "".join(cell["source"]).split("\n")
+            for i, line in enumerate(lines):
+                m = REPOSITORY_LINE.match(line)
+                if m and m.group(1) != url:
+                    lines[i] = f'REPOSITORY = "{url}"{m.group(2)}'
+                    changed += 1
+            cell["source"] = [line + "\n" for line in lines[:-1]] + [lines[-1]]
+        if changed:
+            nb.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+        print(f"[book] {nb.name}: {'installs ' + url if changed else 'already installs ' + url}")
+    check_repository()
 
 
 def notebooks(selected=None):
@@ -53,6 +117,7 @@ def execute(selected=None, budget=300.0, kernel="python3"):
     os.environ.pop("MPLBACKEND", None)
     # progress bars print one final line instead of widget state the rendered book cannot show
     os.environ.setdefault("XAI_ROBUST_PROGRESS", "static")
+    check_repository()
     EXECUTED.mkdir(parents=True, exist_ok=True)
     times, failed = {}, []
     for nb in notebooks(selected):
@@ -79,6 +144,7 @@ def execute(selected=None, budget=300.0, kernel="python3"):
 
 
 def stage():
+    check_repository()
     if SITE.exists():
         shutil.rmtree(SITE)
     SITE.mkdir(parents=True)
@@ -139,8 +205,11 @@ if __name__ == "__main__":
     ex.add_argument("--budget", type=float, default=300.0)
     bd = sub.add_parser("build")
     bd.add_argument("-W", dest="strict", action="store_true", help="warnings are errors")
+    sub.add_parser("repository", help="write _config.yml's repository.url into the notebooks' Colab install cells")
     args = parser.parse_args()
     if args.command == "execute":
         execute(args.only, args.budget)
+    elif args.command == "repository":
+        write_repository()
     else:
         build(args.strict)
