@@ -1,8 +1,16 @@
-"""Offline digit datasets built from scikit-learn's 1,797 bundled 8×8 digits.
+"""Digit datasets: offline from scikit-learn's 1,797 bundled 8×8 digits, or from real MNIST as the papers build them.
 
-The source digits are split once (fixed permutation) into disjoint train / val / test pools, so no test
-digit is ever seen in training whatever the dataset seed; samples are drawn from a pool and rendered
-with a random affine jitter, so a few thousand distinct images come from a few hundred digits.
+``source="sklearn"`` (the default, what the ``ci`` profile and the rendered book use): the source digits are
+split once (fixed permutation) into disjoint train / val / test pools, so no test digit is ever seen in training
+whatever the dataset seed; samples are drawn from a pool and rendered with a random affine jitter, so a few
+thousand distinct images come from a few hundred digits.
+
+``source="mnist"`` (what :func:`xai_robust.data.load` uses under the ``colab`` and ``paper`` profiles): the
+28×28 MNIST digits themselves, read from the IDX files in ``root`` (:func:`xai_robust.data.real.mnist_arrays`;
+train = the first 50,000 training images, val = the last 10,000, test = t10k), without jitter, with the
+colour / mark / parity label of the paper. By default every image of the split is used once, in file order;
+``n`` draws a seeded subset without replacement. These are built in memory on each call, in seconds (no dataset
+cache: it would only copy the IDX files).
 
 - :func:`colored_digits` — C-MNIST analog (ExMap Sec. 5.1): label = digit > 4, colour aligned with the label.
 - :func:`biased_digits` — Faster ISNet's synthetic MNIST (Sec. III-A): a background mark encodes the class.
@@ -18,12 +26,18 @@ import torch.nn.functional as F
 from ..checks import check_count, check_number
 from .base import SampleDataset, _check_flag, _check_generator_args, _check_n, cached
 
-__all__ = ["colored_digits", "biased_digits", "parity_digits", "digit_pool", "render_digits",
-           "mark_position"]
+__all__ = ["colored_digits", "biased_digits", "parity_digits", "digit_pool", "mnist_pool", "render_digits",
+           "mark_position", "SOURCES"]
+
+SOURCES = ("sklearn", "mnist")
 
 _POOL_FRACTIONS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
 COLOURS = torch.tensor([[1.0, 0.15, 0.15], [0.15, 1.0, 0.15]])  # red, green
 COLOUR_NAMES = ["red", "green"]
+# C-MNIST as ExMap Sec. 5.1 describes it: digits <= 4 are blue, digits > 4 red (colour index = the label it agrees with)
+MNIST_COLOURS = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])  # blue, red
+MNIST_COLOUR_NAMES = ["blue", "red"]
+MNIST_CLEAR_ROWS = 4  # biased MNIST: rows 0-3 of the digit are cleared so the mark (rows 1-2) is always background
 
 
 def _source_digits():
@@ -43,6 +57,46 @@ def digit_pool(split: str):
     lo, hi = _POOL_FRACTIONS[split]
     idx = perm[int(lo * len(perm)):int(hi * len(perm))]
     return images[idx], digits[idx]
+
+
+def mnist_pool(split: str, *, root=None):
+    """The real MNIST digits (28×28 images in [0, 1] and their digit) of ``split`` ('train', 'val' or 'test').
+
+    ``root`` defaults to ``default_root("mnist")`` (where :func:`xai_robust.data.download` puts them).
+    """
+    from . import default_root
+    from .real import mnist_arrays
+
+    if split not in _POOL_FRACTIONS:
+        raise ValueError(f"split must be one of {sorted(_POOL_FRACTIONS)}, got {split!r}")
+    return mnist_arrays(split, root=default_root("mnist") if root is None else root)
+
+
+def _check_source(source, root) -> str:
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES} (scikit-learn's 8×8 digits offline, or real MNIST read "
+                         f"from root=), got {source!r}")
+    if source == "sklearn" and root is not None:
+        raise ValueError("root= is only read with source='mnist' (the MNIST IDX files); drop root= or pass "
+                         "source='mnist'")
+    return source
+
+
+def _mnist_digits(split: str, n: int | None, size: int, root, generator: torch.Generator):
+    """MNIST digits of a split as (n, 1, size, size) grayscale images: all of them (file order) or a seeded subset."""
+    images, digits = mnist_pool(split, root=root)
+    if n is not None:
+        n = _check_n(n, len(digits))
+        if n > len(digits):
+            raise ValueError(f"n={n} exceeds the {len(digits)} MNIST images of split {split!r}; pass n <= "
+                             f"{len(digits)}, or n=None for all of them")
+        pick = torch.randperm(len(digits), generator=generator)[:n]
+        images, digits = images[pick], digits[pick]
+    gray = images[:, None]
+    if size != gray.shape[-1]:
+        gray = F.interpolate(gray, size=(size, size), mode="bilinear", align_corners=False,
+                             antialias=size < gray.shape[-1]).clamp(0, 1)
+    return gray.contiguous(), digits
 
 
 def render_digits(pool_images, pool_digits, n, *, size, box, generator, jitter=True):
@@ -101,32 +155,45 @@ def _split_seed(seed: int, split: str) -> torch.Generator:
 
 
 def colored_digits(split: str, *, n: int | None = None, seed: int = 0, size: int = 28,
-                   correlation: float | None = None) -> SampleDataset:
-    """Colored digits, the C-MNIST analog (ExMap Sec. 5.1; docs/design.md, "ExMap").
+                   correlation: float | None = None, source: str = "sklearn", root=None) -> SampleDataset:
+    """Colored digits, C-MNIST (ExMap Sec. 5.1 "Datasets"; docs/design.md, "ExMap").
 
-    Label = digit > 4. The digit is drawn in red or green; the colour equals the label with probability
-    ``correlation`` (0.99 in train, 0.5 in val/test by default). Groups = label × colour.
+    Label = digit > 4. The colour equals the label's colour with probability ``correlation`` (0.99 in train, as
+    in ExMap, and 0.5 in val/test by default). Groups = label × colour; ``spurious`` = the colour index (0 = the
+    colour of digits < 5, 1 = the colour of digits > 4). ``source="sklearn"``: scikit-learn digits drawn in red
+    (digit < 5) or green. ``source="mnist"``: the MNIST digit itself tinted as ExMap Sec. 5.1 describes C-MNIST —
+    "any number lesser than or equal to four is assigned blue, while all numbers greater than four are assigned
+    the color red, with a correlation of 99%" — so the stroke lives in the blue or the red channel only.
 
     Parameters
     ----------
     split : {'train', 'val', 'test'}
     n : int, optional
-        Number of samples (default 3000 train, 1000 val/test).
+        Number of samples (default 3000 train, 1000 val/test; with ``source="mnist"`` all images of the split,
+        and ``n`` a seeded subset of them).
     seed : int
         Dataset seed.
     size : int
-        Image side (digits occupy the central ~70 %).
+        Image side (digits occupy the central ~70 %, as MNIST's 20×20 digit box in 28×28).
     correlation : float, optional
         Probability that the colour agrees with the label.
+    source : {'sklearn', 'mnist'}
+        Where the digits come from (see the module docstring).
+    root : str or Path, optional
+        With ``source="mnist"``: the folder with the MNIST IDX files (default ``default_root("mnist")``).
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"colored_digits has splits 'train', 'val', 'test', not {split!r}")
     _check_generator_args(seed, size, 1)
-    n = _check_n(n, 3000 if split == "train" else 1000)
+    source = _check_source(source, root)
+    if source == "sklearn":
+        n = _check_n(n, 3000 if split == "train" else 1000)
     correlation = (0.99 if split == "train" else 0.5) if correlation is None else float(
         check_number(correlation, "correlation"))
     if not 0.0 <= correlation <= 1.0:
         raise ValueError(f"correlation must lie in [0, 1], got {correlation}")
+    if source == "mnist":
+        return _colored_mnist(split, n, seed, size, correlation, root)
     config = dict(name="colored_digits", split=split, n=n, seed=seed, size=size, correlation=correlation)
 
     def make():
@@ -148,30 +215,55 @@ def colored_digits(split: str, *, n: int | None = None, seed: int = 0, size: int
                          name=f"colored digits ({split})")
 
 
+def _colored_mnist(split, n, seed, size, correlation, root) -> SampleDataset:
+    g = _split_seed(seed, split)
+    gray, digit = _mnist_digits(split, n, size, root, g)
+    label = (digit > 4).long()
+    agree = torch.rand(len(digit), generator=g) < correlation
+    colour = torch.where(agree, label, 1 - label)
+    images = gray * MNIST_COLOURS[colour][:, :, None, None]
+    names = [f"{c} ({col})" for c in ("digit<5", "digit>4") for col in MNIST_COLOUR_NAMES]
+    return SampleDataset(images, label, label * 2 + colour, class_names=["digit<5", "digit>4"], group_names=names,
+                         masks=_foreground(gray), spurious=colour, attributes={"digit": digit},
+                         name=f"C-MNIST ({split})")
+
+
 def mark_position(cls, size: int = 28):
     """Column of the top-left pixel of the 2×2 bias mark that encodes class ``cls`` (biased digits)."""
     return 1 + torch.round(torch.as_tensor(cls, dtype=torch.float32) * (size - 5) / 9).long()
 
 
 def biased_digits(split: str, *, n: int | None = None, seed: int = 0, size: int = 28,
-                  bias: bool = True) -> SampleDataset:
-    """Biased digits: Faster ISNet's synthetically biased MNIST (Sec. III-A, Table 1).
+                  bias: bool = True, source: str = "sklearn", root=None) -> SampleDataset:
+    """Biased digits: Faster ISNet's synthetically biased MNIST (Sec. III-A, Table 1, Fig. 2).
 
     Ten classes (the digit). In 'train', 'val' and 'iid' a white 2×2 mark in the top rows sits at a column
-    that encodes the class; 'ood' has no mark; 'deceiving' carries the mark of another (random) class.
-    The digit is drawn below row 5, so the mark is always background. ``masks`` = digit foreground.
+    that encodes the class — the paper's "white background pixels whose positions correlate to the image
+    classes" in "the images' upper region"; 'ood' has no mark; 'deceiving' carries the mark of another (random)
+    class ("a bias that was correlated to MNIST digit 3 during training ... associate[d] to digit 4"). The mark
+    is always background: the sklearn digit is drawn below row 5; an MNIST digit has its rows 0–3 cleared
+    (MNIST centres a 20×20 digit box in 28×28, so those rows rarely hold ink). ``masks`` = digit foreground.
     ``spurious`` = the class whose mark is shown (-1: no mark). Groups = the class.
+
+    With ``source="mnist"`` the three test versions are the paper's: 'iid', 'ood' and 'deceiving' hold the same
+    MNIST test images (the same subset for the same ``seed`` and ``n``), with the training bias, no bias, and a
+    deceiving bias.
 
     Parameters
     ----------
     split : {'train', 'val', 'iid', 'ood', 'deceiving'}
     n : int, optional
-        Number of samples (default 3000 train, 1000 otherwise).
+        Number of samples (default 3000 train, 1000 otherwise; with ``source="mnist"`` all images of the split,
+        and ``n`` a seeded subset of them).
     seed : int
     size : int
         Image side (≥ 20).
     bias : bool
         ``False`` removes the mark everywhere (the paper's reference classifier is trained so).
+    source : {'sklearn', 'mnist'}
+        Where the digits come from (see the module docstring).
+    root : str or Path, optional
+        With ``source="mnist"``: the folder with the MNIST IDX files (default ``default_root("mnist")``).
     """
     splits = ("train", "val", "iid", "ood", "deceiving")
     if split not in splits:
@@ -181,6 +273,8 @@ def biased_digits(split: str, *, n: int | None = None, seed: int = 0, size: int 
         raise ValueError(f"size must be at least 20 pixels, got {size}")
     check_count(seed, "seed", minimum=0)
     bias = _check_flag(bias, "bias")
+    if _check_source(source, root) == "mnist":
+        return _biased_mnist(split, n, seed, size, bias, root)
     n = _check_n(n, 3000 if split == "train" else 1000)
     config = dict(name="biased_digits", split=split, n=n, seed=seed, size=size, bias=bias)
 
@@ -211,14 +305,58 @@ def biased_digits(split: str, *, n: int | None = None, seed: int = 0, size: int 
                          name=f"biased digits ({split})")
 
 
-def parity_digits(split: str, *, n: int | None = None, seed: int = 0, size: int = 28) -> SampleDataset:
-    """Parity digits, the ParityMNIST analog (FCR Sec. 5.2): label = parity, digit = fictitious sub-class.
+def _biased_mnist(split, n, seed, size, bias, root) -> SampleDataset:
+    test_version = split in ("iid", "ood", "deceiving")
+    # the three test versions share their images: the subset is drawn from the same generator for all three
+    gray, digit = _mnist_digits("test" if test_version else split, n, size, root,
+                                _split_seed(seed, "test" if test_version else split))
+    gray[:, :, :MNIST_CLEAR_ROWS] = 0
+    masks = _foreground(gray)
+    if not bias or split == "ood":
+        mark = torch.full_like(digit, -1)
+    elif split == "deceiving":
+        mark = (digit + torch.randint(1, 10, digit.shape, generator=_split_seed(seed, split))) % 10
+    else:
+        mark = digit.clone()
+    cols = mark_position(mark.clamp(min=0), size)
+    columns = torch.arange(size)
+    on = (columns >= cols[:, None]) & (columns < cols[:, None] + 2) & (mark >= 0)[:, None]  # (n, size)
+    images = gray.clone()
+    images[:, 0, 1:3] = torch.where(on[:, None, :], torch.ones(()), images[:, 0, 1:3])
+    names = [str(d) for d in range(10)]
+    return SampleDataset(images, digit, digit.clone(), class_names=names,
+                         group_names=[f"digit {d}" for d in range(10)], masks=masks, spurious=mark,
+                         name=f"biased MNIST ({split})")
 
-    Groups (and ``spurious``) = the digit, so removing "digit 3" is removing a sub-class of "odd".
+
+def parity_digits(split: str, *, n: int | None = None, seed: int = 0, size: int = 28, source: str = "sklearn",
+                  root=None) -> SampleDataset:
+    """Parity digits, ParityMNIST (FCR Sec. 5.2, after Mahinpei et al., 2021): label = parity, digit = sub-class.
+
+    'Class 0' holds the even digits, 'Class 1' the odd ones; the digit is the fictitious sub-class. Groups (and
+    ``spurious``) = the digit, so removing "digit 3" is removing a sub-class of "odd". ``source="mnist"``: the
+    grayscale MNIST digits as they are.
+
+    Parameters
+    ----------
+    split : {'train', 'val', 'test'}
+    n : int, optional
+        Number of samples (default 3000 train, 1000 val/test; with ``source="mnist"`` all images of the split,
+        and ``n`` a seeded subset of them).
+    seed : int
+    size : int
+        Image side.
+    source : {'sklearn', 'mnist'}
+        Where the digits come from (see the module docstring).
+    root : str or Path, optional
+        With ``source="mnist"``: the folder with the MNIST IDX files (default ``default_root("mnist")``).
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"parity_digits has splits 'train', 'val', 'test', not {split!r}")
     _check_generator_args(seed, size, 1)
+    if _check_source(source, root) == "mnist":
+        gray, digit = _mnist_digits(split, n, size, root, _split_seed(seed, split))
+        return _parity_dataset(gray, digit, _foreground(gray), f"ParityMNIST ({split})")
     n = _check_n(n, 3000 if split == "train" else 1000)
     config = dict(name="parity_digits", split=split, n=n, seed=seed, size=size)
 
@@ -230,7 +368,10 @@ def parity_digits(split: str, *, n: int | None = None, seed: int = 0, size: int 
         return {"images": gray, "digit": digit, "masks": _foreground(gray)}
 
     t = cached("datasets", config, make)
-    digit = t["digit"]
-    return SampleDataset(t["images"], digit % 2, digit.clone(), class_names=["even", "odd"],
+    return _parity_dataset(t["images"], t["digit"], t["masks"], f"parity digits ({split})")
+
+
+def _parity_dataset(images, digit, masks, name) -> SampleDataset:
+    return SampleDataset(images, digit % 2, digit.clone(), class_names=["even", "odd"],
                          group_names=[f"digit {d} ({'odd' if d % 2 else 'even'})" for d in range(10)],
-                         masks=t["masks"], spurious=digit.clone(), name=f"parity digits ({split})")
+                         masks=masks, spurious=digit.clone(), name=name)

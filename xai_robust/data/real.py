@@ -1,8 +1,9 @@
 """Loaders for the real datasets of the ``colab`` and ``paper`` profiles, behind the same sample dict.
 
 Nothing here downloads: each loader reads the files in their published format from ``root`` and, when
-they are missing, raises an error that says where to get them. Tests run the loaders on tiny fixture
-files written in the same formats.
+they are missing, raises an error that says where to get them (:func:`xai_robust.data.download` fetches,
+verifies and extracts them into that layout). Tests run the loaders on tiny fixture files written in the
+same formats.
 
 - Waterbirds (Sagawa et al., 2020): ``metadata.csv`` (img_filename, y, split, place) + image files.
 - CelebA (Liu et al., 2015): ``list_attr_celeba.txt``/``.csv``, ``list_eval_partition.txt``/``.csv``,
@@ -21,7 +22,7 @@ import torch
 
 from .base import LazyImages, SampleDataset
 
-__all__ = ["waterbirds", "celeba", "mnist", "cifar10", "stl10", "DatasetNotFoundError"]
+__all__ = ["waterbirds", "celeba", "mnist", "mnist_arrays", "cifar10", "stl10", "DatasetNotFoundError"]
 
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
@@ -32,8 +33,10 @@ class DatasetNotFoundError(FileNotFoundError):
 
 def _require(path: Path, name: str, where: str) -> Path:
     if not path.exists():
+        key = name.lower().replace("-", "")
         raise DatasetNotFoundError(f"{name}: {path} not found. {where} Pass root=<folder> to "
-                                   f"xai_robust.data.load(..., root=...) once the files are there.")
+                                   f"xai_robust.data.load(..., root=...) once the files are there, or fetch them "
+                                   f"with xai_robust.data.download({key!r}, root={str(path.parent)!r}).")
     return path
 
 
@@ -104,7 +107,8 @@ def _open(path: Path):
     if gz.exists():
         return gzip.open(gz, "rb")
     raise DatasetNotFoundError(f"MNIST: {path} not found. Download the four MNIST IDX files "
-                               "(train-images-idx3-ubyte, ...) into root, or root/MNIST/raw as torchvision does.")
+                               "(train-images-idx3-ubyte, ...) into root, or root/MNIST/raw as torchvision does; "
+                               f"xai_robust.data.download('mnist', root={str(path.parent)!r}) fetches them.")
 
 
 def _idx(path: Path) -> np.ndarray:
@@ -115,19 +119,48 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def mnist(split: str, *, root, size: int = 28) -> SampleDataset:
-    """MNIST from its IDX files (``root`` or ``root/MNIST/raw``); 'val' = the last 10,000 training images."""
-    _check_split(split)
+def _mnist_root(root) -> Path:
     root = Path(root)
-    if (root / "MNIST" / "raw").exists():
-        root = root / "MNIST" / "raw"
+    return root / "MNIST" / "raw" if (root / "MNIST" / "raw").exists() else root
+
+
+def mnist_arrays(split: str, *, root) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MNIST digits of ``split`` as read from the IDX files, before any processing.
+
+    'train' = the first 50,000 training images, 'val' = the last 10,000 (for fewer than 10,000 training images,
+    as in a test fixture: the first 5/6 and the rest), 'test' = the 10,000 t10k images.
+
+    Parameters
+    ----------
+    split : {'train', 'val', 'test'}
+    root : str or Path
+        The folder with the four IDX files (raw or ``.gz``), or its parent when they sit in ``MNIST/raw``.
+
+    Returns
+    -------
+    images : Tensor[N, 28, 28]
+        Pixels in [0, 1] (the stored bytes / 255).
+    digits : LongTensor[N]
+    """
+    _check_split(split)
+    root = _mnist_root(root)
     prefix = "t10k" if split == "test" else "train"
-    x = torch.from_numpy(_idx(root / f"{prefix}-images-idx3-ubyte").copy()).float()[:, None] / 255
+    x = torch.from_numpy(_idx(root / f"{prefix}-images-idx3-ubyte").copy()).float() / 255
     y = torch.from_numpy(_idx(root / f"{prefix}-labels-idx1-ubyte").astype(np.int64))
+    if len(x) != len(y):
+        raise ValueError(f"MNIST at {root}: {len(x)} {prefix} images but {len(y)} labels; the files are from "
+                         "different releases or truncated — download them again")
     if split != "test":
         cut = max(1, len(y) - 10000) if len(y) > 10000 else len(y) * 5 // 6
         sl = slice(0, cut) if split == "train" else slice(cut, None)
         x, y = x[sl], y[sl]
+    return x, y
+
+
+def mnist(split: str, *, root, size: int = 28) -> SampleDataset:
+    """MNIST from its IDX files (``root`` or ``root/MNIST/raw``); 'val' = the last 10,000 training images."""
+    x, y = mnist_arrays(split, root=root)
+    x = x[:, None]
     if size != 28:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return SampleDataset(x, y, y.clone(), class_names=[str(d) for d in range(10)],
