@@ -183,6 +183,17 @@ def test_snapshot_defects_are_reported(changes, check, words):
     assert words in findings[0].message and findings[0].viewports == [400]
 
 
+def test_wide_display_equations():
+    """A display equation wider than the column fails on a desktop; on a phone only when it is cut off."""
+    wide = [{"width": 900, "section": "#eq", "scrolls": True, "tex": "x = y"}]
+    findings = cb.snapshot_findings("p.html", 1280, _snap(equations=wide))
+    assert [f.check for f in findings] == ["wide-equation"] and "scrolls sideways" in findings[0].message
+    assert cb.snapshot_findings("p.html", 400, _snap(equations=wide)) == []  # scrolls on a phone: a note
+    cut = [{**wide[0], "scrolls": False}]
+    findings = cb.snapshot_findings("p.html", 400, _snap(equations=cut))
+    assert [f.check for f in findings] == ["wide-equation"] and "cut off" in findings[0].message
+
+
 def test_merge_and_report():
     a = cb.Finding("p.html", "wide-figure", "x  is wide", [1280])
     b = cb.Finding("p.html", "wide-figure", "x is wide", [400])

@@ -17,12 +17,14 @@ at a 1280 px and at a 400 px wide viewport. A page fails on
                   so much wider than the column that the theme shrinks it below --min-scale (default 0.5) of its
                   size to fit (its text then reads at under half its size: 10 pt at 100 dpi below 7 px);
 ``math``          an equation MathJax did not typeset (its TeX, e.g. ``\\(``, ``$$`` or ``\\begin{``, is visible,
-                  or MathJax shows an error), MathJax that did not load, or MathJax loaded from a CDN.
+                  or MathJax shows an error), MathJax that did not load, or MathJax loaded from a CDN;
+``wide-equation`` a display equation wider than the content column: at a desktop width (>= 1000 px) always, at
+                  a phone width when it is cut off instead of scrolling.
 
 External hosts are unreachable to the browser (a host-resolver rule), so a page renders as it would offline:
 MathJax must come from the book itself (tools/book.py stages a local copy, see `make mathjax`). Requests a
-page makes to other hosts, and HTML tables wider than the content column (they scroll sideways), are listed as
-notes, which do not fail the check.
+page makes to other hosts, and HTML tables (and, on a phone, display equations) wider than the content column that
+scroll sideways, are listed as notes, which do not fail the check.
 
 Writes a screenshot of every page at both widths (full page, ``<page>-1280.png`` and ``<page>-400.png``) and
 the findings (``report.txt``, ``report.json``) to --out. Exit status: 0 when no page fails, 1 when some page
@@ -54,10 +56,12 @@ from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWPORTS = (1280, 400)
+DESKTOP = 1000  # viewports at least this wide are desktops: every display equation must fit their column
 VIEWPORT_HEIGHT = 900
 SCREENSHOT_MAX_HEIGHT = 16000  # css px; taller pages are cut (Chromium's capture limit is about 16k)
 MIN_SCALE = 0.5  # a figure shown at less than this fraction of its drawn width is too wide for the column
-CHECKS = ("broken-image", "broken-link", "raw-glue", "posixpath", "text-table", "wide-figure", "math")
+CHECKS = ("broken-image", "broken-link", "raw-glue", "posixpath", "text-table", "wide-figure", "math",
+          "wide-equation")
 
 # highlight languages whose <pre> blocks are source code, not printed output (aligned comments are not tables)
 CODE_LANGUAGES = {"python", "python3", "ipython", "ipython3", "py", "pycon", "bash", "sh", "shell", "console",
@@ -325,7 +329,17 @@ PAGE_SCRIPT = r"""
   }
   const tables = [...document.querySelectorAll('table')].filter(t => column.contains(t))
     .map(t => ({width: t.scrollWidth, section: section(t)})).filter(t => t.width > columnWidth + 1);
-  return {tables, mathjax, mathjax_version: (window.MathJax && MathJax.version) || null,
+  // display equations: the typeset formula (mjx-math) against the content column
+  const equations = [...document.querySelectorAll('mjx-container[display="true"]')].filter(e => column.contains(e))
+    .map(e => {
+      const m = e.querySelector('mjx-math');
+      const holder = e.closest('.math') || e.parentElement;
+      const clip = holder ? getComputedStyle(holder).overflowX : 'visible';
+      return {width: Math.round(m ? m.getBoundingClientRect().width : e.scrollWidth), section: section(e),
+              scrolls: /auto|scroll/.test(clip) || /auto|scroll/.test(getComputedStyle(e).overflowX),
+              tex: (e.querySelector('mjx-assistive-mml math') || {}).textContent?.slice(0, 60) || ''};
+    }).filter(e => e.width > columnWidth + 1);
+  return {tables, equations, mathjax, mathjax_version: (window.MathJax && MathJax.version) || null,
           math_elements: document.querySelectorAll('.math, mjx-container, .MathJax').length,
           column_width: columnWidth, viewport: window.innerWidth,
           scroll_width: document.documentElement.scrollWidth, imgs, errors, leftovers};
@@ -375,6 +389,13 @@ def snapshot_findings(page: str, viewport: int, snap: dict, min_scale: float = M
         add("math", f"MathJax error {err.get('section', '')}: {err['message']!r}")
     for left in leftovers:
         add("math", f"TeX left as text {left.get('section', '')}: {left['text']}")
+    for eq in snap.get("equations", []):
+        # on a desktop a display equation must fit the column; on a phone one that scrolls is a note (see below)
+        if viewport >= DESKTOP or not eq.get("scrolls"):
+            how = "scrolls sideways" if eq.get("scrolls") else "is cut off at the right"
+            add("wide-equation", f"display equation {eq.get('section', '')} is {eq['width']} px wide in the "
+                                 f"{snap.get('column_width', 0):.0f} px column and {how}; break it over lines "
+                                 f"(aligned) {eq.get('tex', '')!r}")
     return out
 
 
@@ -575,6 +596,9 @@ def render_pages(root: Path, pages: list[str], executable: str, shots: Path | No
                 findings += snapshot_findings(page, width, snap, min_scale)
                 notes += [f"{page} @ {width} px: HTML table {t['section']} is {t['width']} px wide in the "
                           f"{snap['column_width']:.0f} px column (it scrolls sideways)" for t in snap.get("tables", [])]
+                notes += [f"{page} @ {width} px: display equation {e['section']} is {e['width']} px wide in the "
+                          f"{snap['column_width']:.0f} px column (it scrolls sideways)"
+                          for e in snap.get("equations", []) if e.get("scrolls") and width < DESKTOP]
                 findings += _request_findings(page, width, base, browser.events, notes)
                 if shots is not None:
                     _screenshot(browser, session, width, shots / f"{page[:-5].replace('/', '-')}-{width}.png")
