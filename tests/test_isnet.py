@@ -419,3 +419,16 @@ def test_fit_is_train_fit_with_the_heatmap_loss(variant):
     for a, b in zip(ours.state_dict().values(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert len(ours.isnet_history) == 2 and {"loss", "acc", "ce", "lrp"} <= set(ours.isnet_history[0])
+
+
+def test_fit_with_a_schedule_reuses_its_checkpoint(tmp_path, monkeypatch):
+    """A P schedule is keyed by its name and values, not its address: a second, equal schedule hits the cache."""
+    monkeypatch.setenv("XAI_ROBUST_CACHE", str(tmp_path))
+    x, y, m = toy_problem(32)
+    kw = dict(variant="selective", epochs=1, lr=1e-3, ranges=(0.5, 20.0), batch_size=16, progress=False)
+    first = isnet.fit(tiny_cnn(k=2), (x, y, m), P=isnet.warmup(0.7, 0.3), **kw)
+    again = isnet.fit(tiny_cnn(k=2), (x, y, m), P=isnet.warmup(0.7, 0.3), **kw)
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1
+    assert torch.equal(first.state_dict()["0.weight"], again.state_dict()["0.weight"])
+    isnet.fit(tiny_cnn(k=2), (x, y, m), P=isnet.warmup(0.7, 0.5), **kw)  # other values: another checkpoint
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 2

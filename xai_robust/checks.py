@@ -114,7 +114,8 @@ def check_features(features, name: str, *, columns: int | None = None, min_rows:
         raise TypeError(f"{name} must be a torch.Tensor or numpy array of shape (N, D), got "
                         f"{type(features).__name__}" + (f"; {hint}" if hint else ""))
     if features.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, of shape (N, D), got {tuple(features.shape)}" + (f"; {hint}" if hint else ""))
+        raise ValueError(f"{name} must be 2-D, of shape (N, D), got {tuple(features.shape)}"
+                         + (f"; {hint}" if hint else ""))
     floating = features.is_floating_point() if isinstance(features, torch.Tensor) else features.dtype.kind == "f"
     if not floating:
         raise TypeError(f"{name} must hold floats, got dtype {features.dtype}; convert with {name}.float() "

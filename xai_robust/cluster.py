@@ -175,7 +175,12 @@ def heatmap_representations(
     Returns
     -------
     Tensor (N, D) float32 on the CPU.
+        Under torchrun (:func:`xai_robust.distributed.is_distributed`) each rank explains its contiguous slice of
+        the images (:func:`xai_robust.distributed.shard_bounds`) and every rank returns the full result, in the
+        original order (an all-gather); every rank must call it with the same model, images and options. The
+        progress bar shows on rank 0.
     """
+    from . import distributed
     from . import progress as progress_bar
 
     if not isinstance(model, torch.nn.Module):
@@ -211,14 +216,18 @@ def heatmap_representations(
 
     check_input_channels(model, images[:1])
     out = []
+    parallel = distributed.is_distributed()
+    first, stop = distributed.shard_bounds(n) if parallel else (0, n)  # this rank's slice (all of it in one process)
+    show = progress and distributed.is_main()
     with restore_model(model):  # every submodule's own mode and flags come back, also when this raises
         model.eval()
-        for start in progress_bar(range(0, n, batch_size), desc="heatmaps", disable=None if progress else True):
-            xb = images[start:start + batch_size].to(dev)
+        for start in progress_bar(range(first, stop, batch_size), desc="heatmaps", disable=None if show else True):
+            end = min(start + batch_size, stop)
+            xb = images[start:end].to(dev)
             check_finite(xb, "x")
             tb = target
             if isinstance(target, torch.Tensor) and target.dim() > 0:
-                tb = target[start:start + batch_size].to(dev)
+                tb = target[start:end].to(dev)
             if relevance == "one":  # resolve the targets here, so the sign below belongs to the explained class
                 with torch.no_grad():
                     logits = model(xb)
@@ -231,6 +240,8 @@ def heatmap_representations(
                 z = logits.gather(1, tb[:, None]).to(h.dtype)
                 h = h * torch.where(z < 0, -1.0, 1.0).reshape((-1,) + (1,) * (h.dim() - 1))
             out.append(normalize_heatmaps(h.cpu(), size))
+    if parallel:
+        return distributed.gather(torch.cat(out) if out else torch.empty(0))
     return torch.cat(out)
 
 

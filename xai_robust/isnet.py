@@ -521,7 +521,9 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
                           return_parts=True, **loss_options)
 
     loss_fn.__name__ = f"isnet_{variant}"
-    config = dict(variant=variant, P=repr(P) if callable(P) else float(P), ranges=ranges, lam=lam,
+    # a schedule is keyed by its name and its values (repr would hold a memory address: never the same key twice)
+    config = dict(variant=variant, P=getattr(P, "__qualname__", type(P).__name__) if callable(P) else float(P),
+                  ranges=ranges, lam=lam,
                   options=loss_options, arch=type(model).__name__)
     if callable(P):
         config["P_values"] = [round(P(i / 20), 6) for i in range(20)]

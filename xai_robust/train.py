@@ -8,6 +8,7 @@ trains per dataset; later chapters call it and get the same network from the cac
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cache_dir, progress
+from . import cache_dir, distributed, progress
 from . import device as default_device
 from .cache import config_hash, load_verified, save_verified, state_digest
 from .checks import check_count, check_finite, check_images, check_model_input, check_number, check_training_data
@@ -81,6 +82,38 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
     nn.Module
         The trained model, in eval mode. ``model.fit_history`` holds one dict per epoch: the mean over its steps
         of ``loss``, ``acc`` and each of ``loss_fn``'s ``parts``.
+
+    Notes
+    -----
+    **Under torchrun** (:func:`xai_robust.distributed.is_distributed`; every rank calls ``fit`` with the same
+    model, data and options) training is data-parallel:
+
+    * *Sharding.* Every rank draws the same batch order from the same seeded generator; each global batch of
+      ``batch_size`` samples is split into contiguous per-rank shards (:func:`xai_robust.distributed.shard_bounds`:
+      sizes differ by at most one, no divisibility needed). ``batch["index"]`` is the rank's shard.
+      ``batch_size`` is the *global* batch and must be at least the number of processes; a short last batch may
+      leave some ranks without samples for that step.
+    * *Gradients.* Each rank's loss is the mean over its shard; its gradient is weighted by its share of the global
+      batch and the weighted gradients are summed across ranks (one all-reduce per step, after ``backward``),
+      which is the single-process gradient of the global batch's mean loss, unequal shards included. This is
+      DistributedDataParallel's reduction done explicitly, because ``loss_fn`` receives the bare model: the
+      ISNets' losses hook its modules by name and differentiate heatmaps (``create_graph``), which the DDP wrapper
+      does not support. Clipping and the optimizer step then run on identical gradients on every rank.
+    * *Buffers.* BatchNorm normalises each shard with the shard's statistics (as DDP without SyncBatchNorm does);
+      the running statistics are updated with the share-weighted mean of the ranks' updates (exact for the
+      running mean) and integer buffers follow rank 0. Without BatchNorm in training mode (and without
+      randomness in ``loss_fn``), the weights equal a single-process run with the same ``batch_size`` to float
+      tolerance.
+    * *Randomness.* ``batch["generator"]`` is a generator of the rank's own, seeded from ``seed`` and the rank,
+      and never the one that draws the batch order, so a ``loss_fn`` that draws from it (the Stochastic ISNet
+      draws one class per sample) cannot desynchronise the ranks' batch orders, and the ranks' shards get
+      independent draws. The draws are reproducible for a given number of processes but differ from a
+      single-process run's (there the one generator serves both).
+    * *Checkpoints.* The number of processes joins the cache key (a distributed run is not bit-for-bit a
+      single-process one, so it never answers for one). Rank 0 alone reads and writes the cache; on a hit its
+      weights and history are broadcast; after training every rank holds rank 0's weights (broadcast, so they are
+      identical to the bit), rank 0 writes the checkpoint and the others wait for it (a barrier). The progress bar
+      shows on rank 0 only, and the history (global-batch losses and accuracies) is the same on every rank.
     """
     # every check runs before the model changes (it is moved to the device, then trained)
     _check_model(model)
@@ -113,8 +146,16 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
         if sample_weights.shape != (n,) or not bool(torch.isfinite(sample_weights).all()) \
                 or (sample_weights < 0).any() or sample_weights.sum() == 0:
             raise ValueError(f"sample_weights must be {n} finite non-negative numbers, not all zero")
+    parallel = distributed.is_distributed()  # under torchrun: initialises the process group (and the rank's GPU)
+    if parallel:
+        world = distributed.world_size()
+        if batch_size < world or n < world:
+            raise ValueError(f"batch_size ({batch_size}) and the dataset's length ({n}) must each be at least the "
+                             f"number of processes ({world}): batch_size is the global batch, split across them")
     device = device or default_device()
     model.to(device)
+    if parallel:
+        distributed.broadcast_module(model)  # every rank starts from rank 0's weights (and keys the cache on them)
     first = dataset.images[torch.arange(1)].to(device)
     check_model_input(model, first, "dataset.images")
     check_input_channels(model, first, "dataset.images")
@@ -136,8 +177,21 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
         recipe["clip_norm"] = clip_norm
     if loss_config is not None:
         recipe["loss_config"] = loss_config
+    if parallel:
+        recipe["world_size"] = world
     path = _checkpoint_path(config_hash(recipe))
-    state = load_verified(path) if cache else None
+    if parallel:  # a mismatch would hang the collectives (loss_config may hold a process-specific repr: left out)
+        distributed.check_same(config_hash({k: v for k, v in recipe.items() if k != "loss_config"}),
+                               "fit's model, data and recipe")
+    state = load_verified(path) if cache and distributed.is_main() else None
+    if parallel and cache and distributed.broadcast_object(state is not None):  # rank 0 found the checkpoint
+        history = None
+        if state is not None:
+            history = state.pop(_HISTORY, []) if isinstance(state, dict) else []
+            model.load_state_dict(state)
+        distributed.broadcast_module(model)
+        model.fit_history = distributed.broadcast_object(history)
+        return model.to(device).eval()
     if state is not None:
         history = state.pop(_HISTORY, []) if isinstance(state, dict) else []
         model.load_state_dict(state)
@@ -151,42 +205,48 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
     total_steps = max(1, epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps) if schedule == "cosine" else None
     g = torch.Generator().manual_seed(seed)
+    # under torchrun the loss draws from a generator of the rank's own: the batch order's generator stays in step
+    loss_generator = torch.Generator().manual_seed(_rank_seed(seed, distributed.rank())) if parallel else g
     history = []
     step = 0
-    bar = progress(range(epochs), desc=desc, disable=not progress_bar or None)
+    bar = progress(range(epochs), desc=desc, disable=not progress_bar or not distributed.is_main() or None)
     for _ in bar:
         sums: dict[str, float] = {}
         total, correct, seen = 0.0, 0, 0
         for idx in batch_indices(n, batch_size, generator=g, weights=sample_weights):
-            x = dataset.images[idx].to(device)
-            y = dataset.labels[idx].to(device)
-            parts = {}
-            if loss_fn is None:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
+            if parallel:  # this rank's shard: forward, backward, then the global batch's gradient on every rank
+                value, hits, parts = _parallel_step(model, opt, params, dataset, idx, loss_fn, device,
+                                                    step / total_steps, loss_generator, step, desc)
             else:
-                batch = {"image": x, "label": y, "group": dataset.groups[idx].to(device), "index": idx,
-                         "progress": step / total_steps, "generator": g}
-                if dataset.masks is not None:
-                    batch["mask"] = dataset.masks[idx].to(device)
-                loss, logits, parts = _unpack_loss(loss_fn(model, batch))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss became {loss.item()} at step {step} ({desc}); lower lr "
-                                         "or check the loss's inputs")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+                x = dataset.images[idx].to(device)
+                y = dataset.labels[idx].to(device)
+                parts = {}
+                if loss_fn is None:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                else:
+                    batch = {"image": x, "label": y, "group": dataset.groups[idx].to(device), "index": idx,
+                             "progress": step / total_steps, "generator": g}
+                    if dataset.masks is not None:
+                        batch["mask"] = dataset.masks[idx].to(device)
+                    loss, logits, parts = _unpack_loss(loss_fn(model, batch))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the training loss became {loss.item()} at step {step} ({desc}); lower "
+                                             "lr or check the loss's inputs")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                value = float(loss.detach())
+                hits = None if logits is None else int((logits.argmax(1) == y).sum())
             if clip_norm:
                 torch.nn.utils.clip_grad_norm_(params, clip_norm)
             opt.step()
             if sched is not None:
                 sched.step()
             step += 1
-            value = float(loss.detach())
             total += value * len(idx)
             seen += len(idx)
             logged = {"loss": value}
-            if logits is not None:
-                hits = int((logits.argmax(1) == y).sum())
+            if hits is not None:
                 correct += hits
                 logged["acc"] = hits / len(idx)
             for key, v in {**logged, **parts}.items():
@@ -197,13 +257,83 @@ def fit(model: nn.Module, dataset: SampleDataset, *, epochs: int, lr: float = 1e
             postfix["acc"] = f"{correct / seen:.3f}"
         bar.set_postfix(postfix)
     model.eval()
+    if parallel:  # identical to the bit on every rank: rank 0's weights and history
+        distributed.broadcast_module(model)
+        history = distributed.broadcast_object(history)
     model.fit_history = history
-    if cache:
+    if cache and distributed.is_main():
         save_verified({**model.state_dict(), _HISTORY: history}, path)
+    distributed.barrier()  # the other ranks return once the checkpoint exists
     return model
 
 
 _HISTORY = "__fit_history__"  # the per-epoch history, stored next to the weights in a checkpoint
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s ``batch["generator"]`` under torchrun: a digest of the run's seed and the rank."""
+    digest = hashlib.sha256(f"xai_robust.train.fit/{seed}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _parallel_step(model, opt, params, dataset, idx, loss_fn, device, progress_done, generator, step, desc):
+    """One data-parallel step's forward and backward (see :func:`fit`, Notes): this rank computes the loss of its
+    shard of the global batch ``idx``; afterwards every rank's ``.grad`` holds the global batch's gradient and
+    its floating buffers the share-weighted update. Returns the global batch's (loss, hits or None, parts)."""
+    start, stop = distributed.shard_bounds(len(idx))
+    shard = idx[start:stop]
+    weight = len(shard) / len(idx)  # this rank's share: the global mean loss is the share-weighted sum of means
+    buffers = list(model.buffers())
+    floating = [b for b in buffers if b.is_floating_point()]
+    integral = [b for b in buffers if not b.is_floating_point()]
+    before = [b.detach().clone() for b in floating]
+    opt.zero_grad(set_to_none=True)
+    value, hits, has_logits, parts = 0.0, 0.0, 0.0, {}
+    if len(shard):
+        x = dataset.images[shard].to(device)
+        y = dataset.labels[shard].to(device)
+        logits = None
+        if loss_fn is None:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        else:
+            batch = {"image": x, "label": y, "group": dataset.groups[shard].to(device), "index": shard,
+                     "progress": progress_done, "generator": generator}
+            if dataset.masks is not None:
+                batch["mask"] = dataset.masks[shard].to(device)
+            loss, logits, parts = _unpack_loss(loss_fn(model, batch))
+        value = float(loss.detach())
+        if math.isfinite(value):  # a non-finite loss is reported on every rank after the reduction below
+            loss.backward()
+        if logits is not None:
+            hits, has_logits = float((logits.argmax(1) == y).sum()), 1.0
+    # the parts' names: the rank's own, or rank 0's when a short last batch left some rank without samples
+    keys = list(parts)
+    if len(idx) < distributed.world_size():
+        keys = distributed.broadcast_object(keys)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    stats = [weight * value, hits, has_logits, *(weight * float(parts.get(k, 0.0)) for k in keys),
+             *(float(p.grad is not None) for p in params)]
+    stats = torch.tensor(stats, dtype=torch.float64)
+    ints = [b.detach().reshape(-1).to("cpu", torch.float64) * float(distributed.is_main()) for b in integral]
+    reduced = distributed.all_reduce_sum([g.detach() * weight for g in grads]
+                                         + [(b.detach() - b0) * weight for b, b0 in zip(floating, before, strict=True)]
+                                         + [stats] + ints)
+    stats = reduced[len(grads) + len(floating)].tolist()
+    total_loss = stats[0]
+    if not math.isfinite(total_loss):
+        raise FloatingPointError(f"the training loss became {total_loss} at step {step} ({desc}); lower lr or check "
+                                 "the loss's inputs")
+    flags = stats[3 + len(keys):]
+    for p, g, flag in zip(params, reduced[:len(grads)], flags, strict=True):
+        p.grad = g if flag > 0 else None  # a parameter no rank's loss reached keeps no gradient, as in one process
+    with torch.no_grad():
+        for b, b0, delta in zip(floating, before, reduced[len(grads):len(grads) + len(floating)], strict=True):
+            b.copy_(b0 + delta)
+        for b, v in zip(integral, reduced[len(grads) + len(floating) + 1:], strict=True):
+            b.copy_(v.round().reshape(b.shape).to(b.dtype))
+    parts = {k: v for k, v in zip(keys, stats[3:3 + len(keys)], strict=True)}
+    return total_loss, (int(round(stats[1])) if stats[2] > 0 else None), parts
 
 
 def _unpack_loss(out):
@@ -291,13 +421,23 @@ def evaluate(model: nn.Module, dataset: SampleDataset, **kwargs) -> dict:
 
 
 def embed(model: nn.Module, x_or_dataset, *, batch_size: int = 256, device=None) -> torch.Tensor:
-    """Penultimate embeddings (input of the last linear layer) for images or a dataset, on the CPU."""
+    """Penultimate embeddings (input of the last linear layer) for images or a dataset, on the CPU.
+
+    Under torchrun (:func:`xai_robust.distributed.is_distributed`) each rank embeds its contiguous slice of the
+    images (:func:`xai_robust.distributed.shard_bounds`) and every rank returns the full result, in the original
+    order (an all-gather); every rank must call it with the same model and images.
+    """
     from .models import embed as embed_batch
 
     images = _images(x_or_dataset)
     _check_model(model)
     device = _device_of(model, device)
     _check_inference_input(model, images, batch_size, device)
+    if distributed.is_distributed():
+        start, stop = distributed.shard_bounds(len(images))
+        part = [embed_batch(model, images[i:min(i + batch_size, stop)].to(device)).cpu()
+                for i in range(start, stop, batch_size)]
+        return distributed.gather(torch.cat(part) if part else torch.empty(0))
     return torch.cat([embed_batch(model, images[i:i + batch_size].to(device)).cpu()
                       for i in range(0, len(images), batch_size)])
 
