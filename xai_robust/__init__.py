@@ -7,8 +7,6 @@ Submodules are imported on first use: ``import xai_robust; xai_robust.lrp.lrp_fl
 from __future__ import annotations
 
 import importlib
-import json
-import math
 import os
 import random
 import time
@@ -22,8 +20,8 @@ __all__ = ["device", "seed_everything", "cache_dir", "results_dir", "save_result
            "progress"]
 
 _SUBMODULES = {"attribution", "checks", "cluster", "data", "dfr", "distributed", "grouped", "isnet", "losses", "lrp",
-               "metrics", "models", "nas", "paper", "pretrain", "profiles", "references", "sca", "superpixels", "train",
-               "viz"}
+               "metrics", "models", "nas", "paper", "pretrain", "profiles", "references", "results", "sca",
+               "superpixels", "train", "viz"}
 
 
 def __getattr__(name):  # lazy submodule import (PEP 562)
@@ -122,93 +120,5 @@ def progress(iterable=None, *, desc=None, total=None, leave=False, disable=None,
     return tqdm(iterable, desc=desc, total=total, leave=leave, **kwargs)
 
 
-def save_results(name: str, values: dict) -> Path:
-    """Write a chapter's cited numbers to ``results/<name>.json`` (flat name → number).
-
-    Parameters
-    ----------
-    name : str
-        The notebook's name without extension, e.g. ``"01_shortcuts"``.
-    values : dict
-        Flat mapping from a result name to a number (int, float, bool or 0-d tensor/array).
-
-    Returns
-    -------
-    Path
-        The file written (atomically: temporary file, then rename).
-    """
-    clean = {}
-    for key, value in values.items():
-        if not isinstance(key, str):
-            raise TypeError(f"result names must be strings, got {key!r}")
-        if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
-            size = value.numel() if isinstance(value, torch.Tensor) else np.size(value)
-            if size != 1:
-                raise ValueError(f"result {key!r} must be a single number, got shape {tuple(value.shape)}")
-            value = value.item()
-        if isinstance(value, bool):
-            value = int(value)
-        if not isinstance(value, (int, float)):
-            raise TypeError(f"result {key!r} must be a number, got {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None  # JSON has no NaN; claims tests treat None as "not measured"
-        clean[key] = value
-    from .cache import atomic_write
-
-    path = results_dir() / f"{name}.json"
-    atomic_write(path, json.dumps(clean, indent=1, sort_keys=True).encode())
-    return path
-
-
-def load_results(name: str) -> dict:
-    """Read ``results/<name>.json`` written by :func:`save_results`."""
-    path = results_dir() / f"{name}.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run notebooks/{name}.ipynb first (make test does)")
-    return json.loads(path.read_text())
-
-
-def _reproduction_table(path=None):
-    if path is not None:
-        candidates = [Path(path)]
-    elif "XAI_ROBUST_REPRODUCTION" in os.environ:
-        candidates = [Path(os.environ["XAI_ROBUST_REPRODUCTION"])]
-    else:
-        candidates = [Path("../book/reproduction.json"), Path("book/reproduction.json")]
-    for candidate in candidates:
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
-    return None
-
-
-def seed_spread(chapter: str, key: str, *, fmt: str = ".1f", path=None) -> str:
-    """The spread of a chapter's figure over seeds, from the recorded reproduction (``make reproduce``).
-
-    ``tools/reproduce.py`` executes every chapter at seeds 0, 1, 2 and records each figure's mean and standard
-    deviation in ``book/reproduction.json``; chapters show the spread beside the figure it qualifies.
-
-    Parameters
-    ----------
-    chapter : str
-        Notebook name, e.g. ``"04_exmap"``.
-    key : str
-        A key of that chapter's results JSON.
-    fmt : str
-        Number format of the mean and the standard deviation.
-    path : str or Path, optional
-        The table; default ``$XAI_ROBUST_REPRODUCTION``, else ``book/reproduction.json`` seen from the
-        repository root or from ``notebooks/``.
-
-    Returns
-    -------
-    str
-        e.g. ``"(seeds 0–2: 72.1 ± 4.3)"``, or ``"(spread over seeds not recorded)"`` when the table or the
-        figure is missing (a notebook opened outside the repository, or a new figure).
-    """
-    table = _reproduction_table(path)
-    entry = (table or {}).get("chapters", {}).get(chapter, {}).get(key)
-    if not entry or "mean" not in entry:
-        return "(spread over seeds not recorded)"
-    seeds = table.get("seeds", [])
-    label = f"seeds {seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else "seeds"
-    return f"({label}: {entry['mean']:{fmt}} ± {entry['sd']:{fmt}})"
+# the results JSON and the seeds' spread live in xai_robust.results (re-exported here)
+from .results import _reproduction_table, load_results, save_results, seed_spread  # noqa: E402,F401
