@@ -20,7 +20,7 @@ __all__ = ["device", "seed_everything", "cache_dir", "results_dir", "save_result
            "progress"]
 
 _SUBMODULES = {"attribution", "checks", "cluster", "data", "dfr", "distributed", "grouped", "isnet", "losses", "lrp",
-               "metrics", "models", "nas", "paper", "pretrain", "profiles", "references", "results", "sca",
+               "metrics", "models", "nas", "nas_eval", "paper", "pretrain", "profiles", "references", "results", "sca",
                "superpixels", "train", "viz"}
 
 

@@ -1,12 +1,13 @@
 """The papers' reported numbers that the chapters set beside their own, in one place, each cited by table.
 
-Chapters import these instead of typing the papers' numbers into their cells; :func:`captioned` shows a table of
-ours next to the paper's with its caption (one table per cell, chapter 04's two tables no longer share captions).
+Chapters import these instead of typing the papers' numbers into their cells; :func:`compare` sets our numbers next
+to the paper's and :func:`captioned` shows a table with its caption (one table per cell, chapter 04's two tables no
+longer share captions); :func:`mean_sd` writes a number over seeds as "mean ± sd".
 """
 from __future__ import annotations
 
 __all__ = ["ERM_WORST_AND_MEAN", "FASTER_ISNET_TABLE1", "EXMAP_WGA_MEAN", "EXMAP_TABLE3", "EXMAP_TABLE4",
-           "FCR_WATERBIRDS", "GONG_TABLE1", "captioned"]
+           "FCR_WATERBIRDS", "GONG_TABLE1", "captioned", "mean_sd", "compare"]
 
 #: ERM on the papers' datasets, (dataset, worst-group accuracy %, mean accuracy %): ExMap Table 2 (C-MNIST) and
 #: Table 1 (Waterbirds). Chapter 01.
@@ -66,3 +67,81 @@ def captioned(frame, caption: str, *, precision: int = 1):
     if not isinstance(caption, str) or not caption:
         raise ValueError("caption must be a non-empty string saying what the table shows")
     return frame.style.set_caption(caption).format(precision=precision, na_rep="–")
+
+
+def mean_sd(values, precision: int = 1) -> str:
+    """``"mean ± sd"`` of ``values`` (numbers over seeds) at ``precision`` decimals, the population sd (ddof 0).
+
+    Parameters
+    ----------
+    values : array_like of float
+        One number per seed (one value gives an sd of 0).
+    precision : int
+        Decimals of both the mean and the sd.
+
+    Returns
+    -------
+    str
+        For example ``"72.5 ± 1.3"``; the chapters' tables report worst-group accuracies over seeds this way
+        (ExMap Sec. 5, "mean and standard deviation over three seeds").
+    """
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float).ravel()
+    if arr.size == 0:
+        raise ValueError("mean_sd needs at least one value")
+    if not isinstance(precision, int) or precision < 0:
+        raise ValueError(f"precision must be an integer >= 0, got {precision!r}")
+    return f"{arr.mean():.{precision}f} ± {arr.std():.{precision}f}"
+
+
+def compare(ours, table, caption: str, *, columns, precision: int = 1, rows=None, scale: float = 1.0):
+    """Our numbers with the paper's beside them, as a captioned table (a pandas ``Styler``).
+
+    How the chapters set their results against Faster ISNet Table 1 (chapter 03), ExMap Tables 1-3 (04), FCR's
+    Waterbirds table (05) and Gong et al. Table 1 (06): our columns first, the paper's after them, one row per method.
+
+    Parameters
+    ----------
+    ours : pandas.DataFrame or dict of row label → dict of column → value
+        Our results, one row per method (the rows' order is kept).
+    table : dict of row label → tuple or None
+        The paper's numbers for those rows, e.g. :data:`EXMAP_WGA_MEAN` ``["colored_digits"]``; a row missing from
+        ``table``, or mapped to None (or a tuple entry None), is shown as "–" (the paper reports nothing).
+    caption : str
+        What the table shows, and which table of the paper it is set against.
+    columns : sequence of str or of (str, ...) tuples
+        The names of the paper's columns, one per entry of the tuples in ``table`` (tuples make a two-level header).
+    precision : int
+        Decimals of the numbers shown.
+    rows : dict of row label → key of ``table``, optional
+        Where our row labels differ from the paper's (default: the same label).
+    scale : float
+        Multiplies the paper's numbers (not its text entries, such as a dataset's name), e.g. 100 for
+        :data:`FASTER_ISNET_TABLE1`'s fractions shown in %.
+
+    Returns
+    -------
+    pandas.io.formats.style.Styler
+        ``ours`` with the paper's columns appended, captioned by :func:`captioned`; ``.data`` is the DataFrame.
+    """
+    import numpy as np
+    import pandas as pd
+
+    frame = ours.copy() if isinstance(ours, pd.DataFrame) else pd.DataFrame(ours).T
+    columns = list(columns)
+    if not columns:
+        raise ValueError("columns must name the paper's columns, one per entry of its rows")
+    rows = dict(rows or {})
+    paper = {}
+    for label in frame.index:
+        reported = table.get(rows.get(label, label))
+        if reported is None:
+            reported = (None,) * len(columns)
+        if len(reported) != len(columns):
+            raise ValueError(f"the paper's row {label!r} has {len(reported)} numbers, but {len(columns)} columns "
+                             f"were named: {columns}")
+        paper[label] = [np.nan if v is None else v * scale if isinstance(v, (int, float)) else v for v in reported]
+    for i, name in enumerate(columns):
+        frame[name] = [paper[label][i] for label in frame.index]
+    return captioned(frame, caption, precision=precision)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["UNITS", "Key", "Family", "Chapter", "CHAPTERS", "Recorder", "key_table", "save_results",
+__all__ = ["UNITS", "Key", "Family", "Chapter", "CHAPTERS", "Recorder", "Timings", "key_table", "save_results",
            "load_results", "seed_spread", "CH01", "CH02", "CH03", "CH04", "CH05", "CH06", "CH07"]
 
 #: unit → (lowest, highest) allowed value (None: unbounded), and whether it must be an integer
@@ -584,6 +584,36 @@ class Recorder:
 
 
 # ------------------------------------------------------------------------------------------ JSON files
+class Timings(dict):
+    """A chapter's wall-clock timings, ``{name: time}``, each measured by one ``with`` block.
+
+    ``with timings("nas_ms", per=len(x)):`` times the block and stores the time per item in milliseconds (a name
+    ending in ``_ms``) or seconds (``_s``); the chapters record them as ``time_<name>`` (Faster ISNet Sec. 4 and
+    NAS Table 5 report times per image). Times are the one thing a re-run does not repeat exactly.
+    """
+
+    def __call__(self, name: str, *, per: int = 1):
+        import contextlib
+        import time
+
+        if name.endswith("_ms"):
+            scale = 1e3
+        elif name.endswith("_s"):
+            scale = 1.0
+        else:
+            raise ValueError(f"timing {name!r} must end in _ms or _s (its unit)")
+        if not isinstance(per, int) or isinstance(per, bool) or per < 1:
+            raise ValueError(f"per must be a positive int (the items timed), got {per!r}")
+
+        @contextlib.contextmanager
+        def measure():
+            start = time.perf_counter()
+            yield self
+            self[name] = scale * (time.perf_counter() - start) / per
+
+        return measure()
+
+
 def save_results(name: str, values: dict) -> Path:
     """Write a chapter's cited numbers to ``results/<name>.json`` (flat name → number).
 

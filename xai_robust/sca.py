@@ -44,6 +44,8 @@ __all__ = [
     "Accumulations", "accumulate", "entropy", "ca_scores", "sca_scores", "orthogonal_weight",
     "WeightEdit", "EditRecord", "edit_weights", "select_edges", "remove_class",
     "fit_fictitious_head", "fictitious_to_real", "remove_fictitious_class",
+    "class_accuracies", "removal_matrix", "removal_effects", "most_confident_subclass", "neutralise",
+    "fictitious_removal_curves",
 ]
 
 _SCORES = ("sca", "accumulative", "activation", "gradient")
@@ -718,3 +720,206 @@ def remove_fictitious_class(linear: nn.Linear, features, fictitious_labels, fict
     record = edit_weights(linear, real_class, cols, rate)
     record.scores, record.source_row = scores, fictitious_target
     return record
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluating edits (chapter 05)
+# --------------------------------------------------------------------------------------------------
+def class_accuracies(linear: nn.Linear, features: torch.Tensor, labels: torch.Tensor,
+                     num_classes: int) -> torch.Tensor:
+    """Accuracy of each class (recall, float64, on the CPU) of the last layer ``linear`` on penultimate features.
+
+    What FCR Fig. 6 and 7 plot after a removal: the removed class should drop to 0, the others stay.
+
+    Parameters
+    ----------
+    linear : nn.Linear
+    features : Tensor[N, D]
+    labels : LongTensor[N]
+    num_classes : int
+
+    Returns
+    -------
+    Tensor[num_classes] of float64
+        NaN for a class without samples.
+    """
+    _check_linear(linear)
+    _check_features(features, linear.in_features)
+    with torch.no_grad():
+        pred = linear(features).argmax(1)
+    return torch.stack([(pred[labels == c] == c).double().mean() for c in range(num_classes)]).cpu()
+
+
+def removal_matrix(linear: nn.Linear, features: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
+                   accumulations: Accumulations, n_weights: int = 1, rate: float = 1.0,
+                   edges: str = "positive") -> torch.Tensor:
+    """Class accuracies after removing each class in turn with :func:`remove_class` (FCR Fig. 6).
+
+    Row ``c`` holds :func:`class_accuracies` while class ``c`` is removed with ``n_weights`` edited weights;
+    every edit is undone before the next, so ``linear`` ends as it began, bit for bit.
+
+    Parameters
+    ----------
+    linear : nn.Linear
+        The last layer (edited and restored).
+    features, labels : Tensor[N, D], LongTensor[N]
+        The evaluation features and labels (e.g. the test set).
+    num_classes : int
+    accumulations : Accumulations
+        Of the unedited layer on the training features (:func:`accumulate`).
+    n_weights, rate, edges
+        As in :func:`remove_class` (``edges="nonzero"``: the paper-literal selection).
+
+    Returns
+    -------
+    Tensor[num_classes, num_classes] of float64
+        ``[removed class, evaluated class]``.
+    """
+    mat = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    for c in range(num_classes):
+        with remove_class(linear, target=c, rate=rate, n_weights=n_weights, accumulations=accumulations,
+                          edges=edges):
+            mat[c] = class_accuracies(linear, features, labels, num_classes)
+    return mat
+
+
+def removal_effects(matrix: torch.Tensor, before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a :func:`removal_matrix` into what is left of each removed class and how the others moved.
+
+    Parameters
+    ----------
+    matrix : Tensor[K, K]
+        ``[removed class, evaluated class]`` accuracies.
+    before : Tensor[K]
+        The class accuracies before any edit.
+
+    Returns
+    -------
+    removed : Tensor[K]
+        The removed class's accuracy (the diagonal).
+    others : Tensor[K, K - 1]
+        The change of every other class's accuracy (row: the removed class).
+    """
+    k = matrix.shape[0]
+    if matrix.shape != (k, k) or before.shape != (k,):
+        raise ValueError(f"matrix must be (K, K) and before (K,), got {tuple(matrix.shape)} and {tuple(before.shape)}")
+    change = matrix - before[None, :]
+    off = ~torch.eye(k, dtype=torch.bool)
+    return matrix.diagonal(), change[off].view(k, k - 1)
+
+
+def most_confident_subclass(linear: nn.Linear, features: torch.Tensor, fictitious_labels: torch.Tensor,
+                            labels: torch.Tensor, *, min_count: int = 5) -> dict[int, int]:
+    """For each real class, the fictitious sub-class on which the model is most confident (no group labels needed).
+
+    FCR Sec. 4.2 neutralises the sub-class the model relies on most; its mean softmax probability of the true class
+    picks it. Sub-classes with at most ``min_count`` samples of the class are skipped.
+
+    Parameters
+    ----------
+    linear : nn.Linear
+        The model's last layer.
+    features : Tensor[N, D]
+    fictitious_labels, labels : LongTensor[N]
+        The sub-class (e.g. pseudo group) and the real class of each sample.
+
+    Returns
+    -------
+    dict of real class → fictitious class
+    """
+    _check_linear(linear)
+    with torch.no_grad():
+        prob = torch.softmax(linear(features), 1)[torch.arange(len(labels)), labels]
+    pick = {}
+    for c in torch.unique(labels).tolist():
+        subs = torch.unique(fictitious_labels[labels == c]).tolist()
+        conf = {f: float(prob[(fictitious_labels == f) & (labels == c)].mean()) for f in subs
+                if int(((fictitious_labels == f) & (labels == c)).sum()) > min_count}
+        pick[c] = max(conf, key=conf.get)
+    return pick
+
+
+def neutralise(linear: nn.Linear, features: torch.Tensor, fictitious_labels: torch.Tensor, rate: float,
+               pick: dict[int, int], *, head: nn.Linear, accumulations: Accumulations) -> list[EditRecord]:
+    """One single-weight Algorithm-2 edit per real class: neutralise sub-class ``pick[c]`` inside class ``c``.
+
+    FCR Sec. 4.2 (spurious-feature neutralisation, Fig. 9 and Table 1). Undo with
+    ``for r in reversed(records): r.undo()``.
+
+    Parameters
+    ----------
+    linear : nn.Linear
+        Edited in place.
+    features, fictitious_labels
+        As in :func:`remove_fictitious_class`.
+    rate : float
+        The neutralisation rate r of Eq. 8.
+    pick : dict of real class → fictitious class
+        E.g. :func:`most_confident_subclass`.
+    head, accumulations
+        The fictitious head and its accumulations (:func:`fit_fictitious_head`, :func:`accumulate`).
+
+    Returns
+    -------
+    list of EditRecord
+        In the order applied.
+    """
+    return [remove_fictitious_class(linear, features, fictitious_labels, f, c, rate=rate, head=head,
+                                    accumulations=accumulations) for c, f in pick.items()]
+
+
+def fictitious_removal_curves(linear: nn.Linear, features: torch.Tensor, fictitious_labels: torch.Tensor,
+                              real_of: dict[int, int], rates, *, eval_features: torch.Tensor,
+                              eval_labels: torch.Tensor, eval_fictitious: torch.Tensor, head: nn.Linear,
+                              accumulations: Accumulations, score: str = "sca") -> dict:
+    """Remove each fictitious class at every rate r and measure every fictitious class's accuracy (FCR Fig. 8).
+
+    For each fictitious class d and rate r, :func:`remove_fictitious_class` edits row ``real_of[d]`` of
+    ``linear`` (and undoes it); the accuracy of the real label on each fictitious class's evaluation samples is
+    read off. FCR Sec. 5.2 plots the removed class's accuracy and the retained classes' mean against r.
+
+    Parameters
+    ----------
+    linear : nn.Linear
+        The model's last layer (edited and restored).
+    features, fictitious_labels : Tensor[N, D], LongTensor[N]
+        Training features and fictitious labels (the scores' data).
+    real_of : dict of fictitious class → real class
+        :func:`fictitious_to_real`.
+    rates : sequence of float
+        The neutralisation rates r.
+    eval_features, eval_labels, eval_fictitious : Tensor[M, D], LongTensor[M], LongTensor[M]
+        The evaluation samples, their real labels and fictitious classes.
+    head, accumulations
+        The fictitious head and its accumulations.
+    score : str
+        The edge score (:func:`sca_scores`).
+
+    Returns
+    -------
+    dict
+        ``before``: Tensor[F] accuracies without an edit; ``removed``, ``retained``: arrays [F, len(rates)], the
+        removed class's accuracy and the mean over the others; ``siblings``, ``others``: arrays [F], at the last
+        rate, the mean accuracy of the other fictitious classes of the same real class and of the other real classes.
+    """
+    n_fict = len(real_of)
+
+    def accuracies():
+        with torch.no_grad():
+            correct = (linear(eval_features).argmax(1) == eval_labels).double()
+        return torch.stack([correct[eval_fictitious == d].mean() for d in range(n_fict)]).cpu()
+
+    before = accuracies()
+    removed, retained = np.zeros((n_fict, len(rates))), np.zeros((n_fict, len(rates)))
+    siblings, others = np.zeros(n_fict), np.zeros(n_fict)
+    for d in range(n_fict):
+        for i, r in enumerate(rates):
+            with remove_fictitious_class(linear, features, fictitious_labels, d, real_of[d], rate=float(r),
+                                         head=head, accumulations=accumulations, score=score):
+                a = accuracies()
+            removed[d, i] = float(a[d])
+            retained[d, i] = float(torch.cat([a[:d], a[d + 1:]]).mean())
+        same = [s for s in range(n_fict) if s != d and real_of[s] == real_of[d]]
+        siblings[d] = float(a[same].mean())
+        others[d] = float(a[[s for s in range(n_fict) if real_of[s] != real_of[d]]].mean())
+    return dict(before=before, removed=removed, retained=retained, siblings=siblings, others=others)

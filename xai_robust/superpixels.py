@@ -39,6 +39,9 @@ __all__ = [
     "count_segments",
     "check_segments",
     "clear_cache",
+    "connected_pieces",
+    "matched_parameter",
+    "refinement",
 ]
 
 #: Partition methods understood by :func:`segment`.
@@ -204,8 +207,12 @@ def _check_grid(n, height, width):
     return check_count(n, "n"), check_count(height, "height"), check_count(width, "width")
 
 
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Map arbitrary integer labels to 0 .. K-1 (in order of first appearance of the sorted ids)."""
+def _consecutive_ids(labels: np.ndarray) -> np.ndarray:
+    """Map arbitrary integer labels to 0 .. K-1, keeping their sorted order (scikit-image's ids, compressed).
+
+    NAS numbers its clusters differently, by first appearance in raster order (``nas._first_appearance_ids``): its
+    cluster ids carry no order of their own.
+    """
     _, inverse = np.unique(labels, return_inverse=True)
     return inverse.reshape(labels.shape)
 
@@ -276,7 +283,7 @@ def _segment_one(img: np.ndarray, method: str, params: dict) -> np.ndarray:
         lab = segmentation.watershed(sobel(gray), markers=markers, **p)
     else:  # pragma: no cover - guarded by segment()
         raise ValueError(method)
-    return _relabel(np.asarray(lab))
+    return _consecutive_ids(np.asarray(lab))
 
 
 # ranges of the scikit-image parameters (and of the baselines'): counts are ints >= the minimum, numbers are
@@ -404,3 +411,81 @@ def _remember(key: str, value: torch.Tensor) -> None:
     _MEMORY_CACHE.move_to_end(key)
     while len(_MEMORY_CACHE) > _MEMORY_CACHE_SIZE:
         _MEMORY_CACHE.popitem(last=False)
+
+
+def connected_pieces(segments: torch.Tensor) -> np.ndarray:
+    """Number of 4-connected pieces of each image's partition (a cell split in two counts twice).
+
+    NAS cells are clusters of pixels, not necessarily connected (NAS Sec. 3, Fig. 1): this counts the
+    superpixels a reader sees. Chapter 07 sets it next to the number of clusters K.
+
+    Parameters
+    ----------
+    segments : LongTensor[N, H, W]
+        A partition (ids ``0 .. K_n - 1`` per image).
+
+    Returns
+    -------
+    numpy.ndarray of int, shape (N,)
+    """
+    from skimage.measure import label
+
+    seg = check_segments(segments).cpu().numpy()
+    return np.array([label(s + 1, connectivity=1, background=0).max() for s in seg])
+
+
+def matched_parameter(images: torch.Tensor, method: str, name: str, grid, target: float, **fixed):
+    """The value of parameter ``name`` in ``grid`` whose mean number of segments on ``images`` is nearest ``target``.
+
+    NAS Sec. 4.2.1 compares NAS with SLIC and Felzenszwalb set to give about as many superpixels as NAS has
+    clusters; chapter 07 matches them on eight test images. The first grid value wins a tie.
+
+    Parameters
+    ----------
+    images : Tensor[N, C, H, W]
+        The images segmented for every grid value (:func:`segment`, cached).
+    method : str
+        One of :data:`METHODS`.
+    name : str
+        The parameter searched, e.g. ``"n_segments"`` (SLIC) or ``"scale"`` (Felzenszwalb).
+    grid : sequence
+        Candidate values.
+    target : float
+        The wanted mean number of segments per image.
+    **fixed
+        The method's other parameters.
+
+    Returns
+    -------
+    The chosen value of ``grid``.
+    """
+    grid = list(grid)
+    if not grid:
+        raise ValueError("grid must hold at least one candidate value")
+    check_number(target, "target", low=0.0)
+    counts = [count_segments(segment(images, method, **{name: v}, **fixed)).float().mean().item() for v in grid]
+    return grid[int(np.argmin([abs(c - target) for c in counts]))]
+
+
+def refinement(fine: torch.Tensor, coarse: torch.Tensor) -> float:
+    """Fraction of the cells of partition ``fine`` that lie inside a single cell of ``coarse``.
+
+    1 means ``fine`` refines ``coarse`` (every fine cell is a union-free piece of one coarse cell), as the cuts of
+    one Ward dendrogram at K and K' < K do (NAS Sec. 3.2, hierarchical clustering); k-means at two K need not.
+
+    Parameters
+    ----------
+    fine, coarse : LongTensor[H, W]
+        Two partitions of one image.
+
+    Returns
+    -------
+    float in [0, 1]
+    """
+    for value, label in ((fine, "fine"), (coarse, "coarse")):
+        if not isinstance(value, torch.Tensor) or value.dim() != 2:
+            raise ValueError(f"{label} must be a LongTensor[H, W] (one image's partition)")
+    if fine.shape != coarse.shape:
+        raise ValueError(f"fine and coarse must have the same shape, got {tuple(fine.shape)} and {tuple(coarse.shape)}")
+    cells = torch.unique(fine)
+    return float(np.mean([len(torch.unique(coarse[fine == c])) == 1 for c in cells]))

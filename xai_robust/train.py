@@ -24,7 +24,7 @@ from .data.base import LazyImages, SampleDataset, batch_indices
 from .metrics.groups import group_accuracies, mean_accuracy, worst_group_accuracy
 from .models import check_input_channels
 
-__all__ = ["fit", "predict", "evaluate", "embed", "erm", "progress", "state_digest"]
+__all__ = ["fit", "predict", "evaluate", "embed", "erm", "erm_recipe", "progress", "state_digest"]
 
 
 def _checkpoint_path(key: str):
@@ -481,3 +481,35 @@ def erm(name: str, *, profile: str = "ci", seed: int = 0, progress_bar: bool = T
                          progress_bar=progress_bar, **model_kwargs)
     fit(model, train_set, seed=seed, progress_bar=progress_bar, desc=f"ERM on {name}", **recipe)
     return model, train_set
+
+
+def erm_recipe(name: str, *, profile: str = "ci") -> tuple[dict, dict]:
+    """The ERM recipe of dataset ``name`` under ``profile``, split for :func:`xai_robust.models.build` and :func:`fit`.
+
+    Chapter 04 trains JTT (Liu et al. 2021; ExMap Sec. 5.2) and a two-shortcut ERM with the same backbone and
+    schedule as :func:`erm`.
+
+    Parameters
+    ----------
+    name : str
+        A key of :func:`xai_robust.profiles.profile_settings` (no real-dataset substitution).
+    profile : {'ci', 'colab', 'paper'}
+
+    Returns
+    -------
+    model_options : dict
+        ``arch``, ``pretrained`` and the architecture's options: ``models.build(num_classes=..., **model_options)``.
+    fit_options : dict
+        The training options (``epochs``, ``lr``, ``batch_size``, ...) for :func:`fit`; the recipe's data
+        overrides are left out.
+    """
+    from .profiles import profile_settings
+
+    recipes = profile_settings(profile)
+    if name not in recipes:
+        raise ValueError(f"no ERM recipe for {name!r} under profile {profile!r}; known: {sorted(recipes)}")
+    recipe = dict(recipes[name])
+    model_options = {"arch": recipe.pop("arch"), "pretrained": recipe.pop("pretrained", None),
+                     **recipe.pop("model", {})}
+    recipe.pop("data", None)
+    return model_options, recipe

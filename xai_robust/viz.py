@@ -13,7 +13,8 @@ import torch
 
 from .checks import check_count, check_finite, check_images
 
-__all__ = ["glue", "image_grid", "show_heatmaps", "group_accuracy_bars", "to_numpy_image", "heatmap_2d", "HEATMAP_CMAP"]
+__all__ = ["glue", "image_grid", "show_heatmaps", "group_accuracy_bars", "to_numpy_image", "heatmap_2d", "HEATMAP_CMAP",
+           "overlay_segments", "boundary_frequency", "minmax", "panels", "saliency_rows", "image_rows", "signed_row"]
 
 HEATMAP_CMAP = "bwr"
 
@@ -237,4 +238,255 @@ def group_accuracy_bars(table: dict, group_names, *, title: str | None = None, a
     if title:
         ax.set_title(title, fontsize=_FONT + 1)
     fig.tight_layout()
+    return fig
+
+
+def overlay_segments(image, segments, color=(1, 1, 0)) -> np.ndarray:
+    """An image with the borders of its partition drawn in ``color``.
+
+    How chapters 06 and 07 show superpixels (NAS Fig. 1: the cells' borders over the image).
+
+    Parameters
+    ----------
+    image : Tensor[C, H, W] in [0, 1]
+    segments : LongTensor[H, W]
+        The image's partition.
+    color : (float, float, float)
+        The border colour (default yellow).
+
+    Returns
+    -------
+    numpy.ndarray (H, W, 3)
+    """
+    from skimage.segmentation import mark_boundaries
+
+    seg = torch.as_tensor(segments).detach().cpu()
+    if seg.dim() != 2:
+        raise ValueError(f"segments must be one image's partition, shape (H, W), got {tuple(seg.shape)}")
+    return mark_boundaries(to_numpy_image(image), seg.numpy(), color=color)
+
+
+def boundary_frequency(segmentations) -> np.ndarray:
+    """Per pixel, the fraction of the partitions that draw a border there.
+
+    Shows how stable the borders of a clustering are over seeds (NAS Sec. 3.2: k-means depends on its start):
+    1 where every run draws a border, 0 where none does.
+
+    Parameters
+    ----------
+    segmentations : sequence of LongTensor[H, W]
+        Partitions of one image (e.g. one per seed).
+
+    Returns
+    -------
+    numpy.ndarray (H, W) in [0, 1]
+    """
+    from skimage.segmentation import find_boundaries
+
+    segs = [torch.as_tensor(s).detach().cpu().numpy() for s in segmentations]
+    if not segs or any(s.ndim != 2 or s.shape != segs[0].shape for s in segs):
+        raise ValueError("segmentations must be a non-empty sequence of (H, W) partitions of one image")
+    return np.mean([find_boundaries(s, mode="outer") for s in segs], axis=0)
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Each map rescaled to [0, 1] by its own minimum and maximum (a flat map becomes 0).
+
+    How NAS Fig. 4 and Table 1 (Sec. 4.2.3) make maps of different methods comparable.
+
+    Parameters
+    ----------
+    maps : Tensor[..., H, W]
+
+    Returns
+    -------
+    Tensor[..., H, W]
+    """
+    maps = maps - maps.amin((-2, -1), keepdim=True)
+    return maps / maps.amax((-2, -1), keepdim=True).clamp_min(1e-12)
+
+
+def panels(arrays, titles=None, *, ncols: int | None = None, row_labels=None, cmap=None, vmin=None, vmax=None,
+           figsize=None):
+    """Arrays shown side by side (rows of ``ncols``, at most :data:`MAX_COLUMNS`), axes off; returns the figure.
+
+    Chapter 07's superpixel figures (NAS Fig. 1 and 3 analogs) are grids of :func:`overlay_segments`.
+
+    Parameters
+    ----------
+    arrays : sequence of ndarray (H, W) or (H, W, 3)
+        The panels, row by row (e.g. :func:`overlay_segments` of several partitions).
+    titles : sequence of str, optional
+        One title per panel (9 pt).
+    ncols : int, optional
+        Panels per row (default: all in one row, at most :data:`MAX_COLUMNS`).
+    row_labels : sequence of str, optional
+        One label per row, written at the left above the row's first panel.
+    cmap : str or sequence of str, optional
+        Colormap for 2-D panels, one for all or one per panel.
+    vmin, vmax : float, optional
+        The colour range of 2-D panels (e.g. 0 and 9 for ten cluster labels), default each panel's own range.
+    figsize : (float, float), optional
+        Default: :data:`MAX_WIDTH` inches wide, square panels.
+    """
+    import matplotlib.pyplot as plt
+
+    arrays = [np.asarray(a) for a in arrays]
+    n = len(arrays)
+    if n == 0:
+        raise ValueError("panels needs at least one array")
+    titles = _check_titles(titles, n)
+    ncols = min(ncols or n, n, MAX_COLUMNS)
+    check_count(ncols, "ncols")
+    nrows = math.ceil(n / ncols)
+    if row_labels is not None and len(row_labels) != nrows:
+        raise ValueError(f"row_labels must hold one label per row ({nrows}), got {len(row_labels)}")
+    cmaps = list(cmap) if isinstance(cmap, (list, tuple)) else [cmap] * n
+    if len(cmaps) != n:
+        raise ValueError(f"cmap must be one colormap or one per panel ({n}), got {len(cmaps)}")
+    side = MAX_WIDTH / ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (MAX_WIDTH, (side + 0.35) * nrows + 0.2),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, arr in enumerate(arrays):
+        ax = axes.flat[i]
+        if arr.ndim == 2:
+            ax.imshow(arr, cmap=cmaps[i], vmin=vmin, vmax=vmax, interpolation="nearest")
+        else:
+            ax.imshow(arr, interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=_FONT)
+    for r, label in enumerate(row_labels or []):
+        axes[r, 0].set_title(label, loc="left", fontsize=_FONT)
+    fig.tight_layout()
+    return fig
+
+
+def saliency_rows(first, rows, *, first_titles, titles, cmap: str = "inferno", scale: str = "minmax",
+                  label: str | None = None, figsize=None):
+    """Rows of saliency maps, each scaled to [0, 1], after a first column (the image or its cells), one colorbar.
+
+    NAS Fig. 4 (maps and their superpixelifications) and Gong et al. Fig. 1 (gradients of several models).
+
+    Parameters
+    ----------
+    first : sequence of ndarray (H, W, 3)
+        The first panel of each row (e.g. the image, or :func:`overlay_segments`).
+    rows : sequence of sequence of Tensor[H, W]
+        The maps of each row (the same number per row).
+    scale : {"minmax", "max"}
+        Each map rescaled to [0, 1] by :func:`minmax`, or divided by its maximum (non-negative maps such as
+        |gradient|); the colorbar's label says which (or ``label``).
+    first_titles : sequence of str
+        The first panel's title in each row.
+    titles : sequence of sequence of str
+        Every map's title.
+    """
+    import matplotlib.pyplot as plt
+
+    if scale not in ("minmax", "max"):
+        raise ValueError(f"scale must be 'minmax' or 'max', got {scale!r}")
+    if label is None:
+        label = "saliency (min-max per map)" if scale == "minmax" else "saliency / its maximum"
+    if len(first) != len(rows) or len(first_titles) != len(rows) or len(titles) != len(rows) or not rows:
+        raise ValueError("first, rows, first_titles and titles must have one entry per row (at least one row)")
+    width = len(rows[0])
+    if any(len(r) != width for r in rows) or any(len(t) != width for t in titles):
+        raise ValueError("every row must hold the same number of maps, each with a title")
+    fig, axes = plt.subplots(len(rows), width + 1, figsize=figsize or (MAX_WIDTH, 1.53 * len(rows)),
+                             layout="constrained", squeeze=False)
+    image = None
+    for r, maps in enumerate(rows):
+        axes[r, 0].imshow(first[r])
+        axes[r, 0].set_title(first_titles[r], fontsize=_FONT)
+        for c, m in enumerate(maps):
+            m = torch.as_tensor(m).detach().float().cpu()
+            m = minmax(m) if scale == "minmax" else m / m.max().clamp_min(1e-12)
+            image = axes[r, c + 1].imshow(m.numpy(), cmap=cmap, vmin=0, vmax=1)
+            axes[r, c + 1].set_title(titles[r][c], fontsize=_FONT)
+    for a in axes.flat:
+        a.axis("off")
+    fig.colorbar(image, ax=axes[:, 1:], shrink=0.6, label=label)
+    return fig
+
+
+def image_rows(rows, *, titles=None, masks=None, title: str | None = None, mask_color: str = "tab:green"):
+    """One labelled row of images per entry of ``rows`` (e.g. per test split), optionally with mask outlines.
+
+    Parameters
+    ----------
+    rows : dict of label → Tensor[n, C, H, W] in [0, 1]
+        The images of each row (at most :data:`MAX_COLUMNS` each); the label is written at the row's left.
+    titles : dict of label → list of str, optional
+        Per-image titles of each row.
+    masks : dict of label → Tensor[n, 1, H, W], optional
+        Object masks, outlined at 0.5 (chapter 03: the region an ISNet keeps its relevance in).
+    title : str, optional
+        The figure's title: what the reader should see.
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(rows, Mapping) or not rows:
+        raise TypeError("rows must be a non-empty dict of row label -> images (n, C, H, W)")
+    rows = {label: _check_pixels(images, f"rows[{label!r}]") for label, images in rows.items()}
+    ncols = max(len(images) for images in rows.values())
+    if ncols > MAX_COLUMNS:
+        raise ValueError(f"at most {MAX_COLUMNS} images per row, got {ncols}")
+    side = min(1.6, MAX_WIDTH / ncols)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(side * ncols, (side + 0.2) * len(rows) + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    for r, (label, images) in enumerate(rows.items()):
+        row_titles = _check_titles(None if titles is None else titles.get(label), len(images), f"titles[{label!r}]")
+        for j, img in enumerate(images):
+            arr = to_numpy_image(img)
+            axes[r, j].imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
+            axes[r, j].set_frame_on(True)
+            if masks is not None and label in masks:
+                axes[r, j].contour(heatmap_2d(masks[label][j]), levels=[0.5], colors=mask_color, linewidths=0.6)
+            if row_titles is not None:
+                axes[r, j].set_title(row_titles[j], fontsize=_FONT)
+        axes[r, 0].set_ylabel(label, fontsize=_FONT)
+    if title:
+        fig.suptitle(title, fontsize=_FONT + 1)
+    fig.tight_layout()
+    return fig
+
+
+def signed_row(maps, titles, *, figsize=(7, 2.3), label: str = "R / max |R|"):
+    """One row of signed heatmaps, each divided by its largest absolute value, with one colorbar.
+
+    How chapter 02 compares LRP variants on one image (Faster ISNet Sec. II-B: ε and the explained quantity change
+    where the relevance goes, red for and blue against the class).
+
+    Parameters
+    ----------
+    maps : sequence of Tensor[C, H, W] or Tensor[H, W]
+        The heatmaps (channels are summed).
+    titles : sequence of str
+        One title per map.
+    figsize : (float, float)
+    label : str
+        The colorbar's label.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    maps = list(maps)
+    if not maps or len(titles) != len(maps) or len(maps) > MAX_COLUMNS:
+        raise ValueError(f"signed_row needs 1 to {MAX_COLUMNS} maps with one title each")
+    fig, axes = plt.subplots(1, len(maps), figsize=figsize, layout="constrained", squeeze=False)
+    for ax, h, t in zip(axes[0], maps, titles, strict=True):
+        m = heatmap_2d(h)
+        v = float(np.abs(m).max()) or 1.0
+        image = ax.imshow(m / v, cmap=HEATMAP_CMAP, vmin=-1, vmax=1)
+        ax.set_title(t, fontsize=_FONT)
+        ax.axis("off")
+    fig.colorbar(image, ax=axes[0], shrink=0.9, label=label)
     return fig

@@ -7,10 +7,13 @@ from .groups import (  # noqa: F401
     group_accuracies,
     group_counts,
     mean_accuracy,
+    shortcut_gaps,
     weighted_mean_accuracy,
+    worst_and_mean,
     worst_group_accuracy,
 )
 from .localization import (  # noqa: F401
+    best_cell_iou,
     box_iou,
     curve_auc,
     greedy_lerf,
@@ -18,6 +21,7 @@ from .localization import (  # noqa: F401
     map_boxes,
     mask_boxes,
     max_box_acc_v2,
+    mean_lerf_auc,
     morf_curve,
     relevance_curve,
     relevance_share,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["group_accuracies", "worst_group_accuracy", "mean_accuracy", "weighted_mean_accuracy",
-           "group_counts"]
+           "group_counts", "worst_and_mean", "shortcut_gaps"]
 
 
 def _as_long(name, values):
@@ -118,3 +118,66 @@ def weighted_mean_accuracy(pred, y, groups, train_groups) -> float:
     if weights[present].sum() == 0:
         raise ValueError("no training sample falls in any group present in the test data")
     return float((acc[present] * weights[present]).sum() / weights[present].sum())
+
+
+def worst_and_mean(pred, y, groups, train_groups) -> tuple[float, float]:
+    """Worst-group and train-weighted mean accuracy: the two numbers of every ExMap and FCR results table.
+
+    ExMap Sec. 5.1 and FCR Sec. 5.3 report both; see :func:`worst_group_accuracy` and
+    :func:`weighted_mean_accuracy`.
+
+    Parameters
+    ----------
+    pred, y, groups : LongTensor[N]
+        Test predictions, labels and group ids.
+    train_groups : LongTensor[M]
+        Group ids of the training set (the weights of the mean).
+
+    Returns
+    -------
+    (float, float)
+        Both as fractions.
+    """
+    return worst_group_accuracy(pred, y, groups), weighted_mean_accuracy(pred, y, groups, train_groups)
+
+
+#: Training shares of UrbanCars' four cells (both shortcuts agree with the class 95 % of the time, independently):
+#: (both agree, background disagrees, co-object disagrees, both disagree).
+URBANCARS_WEIGHTS = (0.9025, 0.0475, 0.0475, 0.0025)
+
+
+def shortcut_gaps(pred, y, first, second, *, weights=URBANCARS_WEIGHTS) -> tuple[float, float, float]:
+    """Accuracy gaps (points) where one shortcut, the other or both disagree with the class (UrbanCars metric).
+
+    Li et al. (2023, "Whac-A-Mole") and ExMap Table 3 report, for a test set in which two shortcut attributes
+    (background and co-occurring object) are independent of the class, the accuracy on the images where the first
+    disagrees (BG gap), the second disagrees (CoObj gap) or both disagree (BG+CoObj gap), each minus the
+    in-distribution accuracy: the cells' accuracies weighted by their training shares ``weights``.
+
+    Parameters
+    ----------
+    pred, y : LongTensor[N]
+        Predictions and labels.
+    first, second : LongTensor[N]
+        The two shortcut attributes, in the label's coding (equal to ``y`` where the shortcut agrees).
+    weights : 4 floats
+        Training shares of (both agree, first disagrees, second disagrees, both disagree).
+
+    Returns
+    -------
+    (float, float, float)
+        The three gaps in points (negative: worse than in distribution).
+    """
+    pred, y = _as_long("pred", pred), _as_long("y", y)
+    first, second = _as_long("first", first), _as_long("second", second)
+    if not (pred.shape == y.shape == first.shape == second.shape) or y.numel() == 0:
+        raise ValueError("pred, y, first and second must be non-empty and of the same length")
+    if len(weights) != 4:
+        raise ValueError(f"weights must give the training shares of the four cells, got {weights!r}")
+    first_ok, second_ok = first == y, second == y
+    correct = (pred == y).double()
+    cells = {"id": first_ok & second_ok, "bg": ~first_ok & second_ok, "co": first_ok & ~second_ok,
+             "both": ~first_ok & ~second_ok}
+    acc = {c: float(correct[m].mean()) for c, m in cells.items()}
+    in_dist = weights[0] * acc["id"] + weights[1] * acc["bg"] + weights[2] * acc["co"] + weights[3] * acc["both"]
+    return tuple(100 * (acc[c] - in_dist) for c in ("bg", "co", "both"))

@@ -19,7 +19,7 @@ from ..checks import check_baseline, check_count, check_finite, check_model_inpu
 from .saliency import curve_auc, perturbation_curve
 
 __all__ = ["relevance_share", "relevance_curve", "lerf_curve", "morf_curve", "curve_auc", "greedy_lerf",
-           "mask_boxes", "map_boxes", "box_iou", "max_box_acc_v2"]
+           "mask_boxes", "map_boxes", "box_iou", "max_box_acc_v2", "mean_lerf_auc", "best_cell_iou"]
 
 
 def relevance_share(saliency: torch.Tensor, region: torch.Tensor, *, part: str = "abs") -> torch.Tensor:
@@ -522,3 +522,58 @@ def max_box_acc_v2(saliency, masks=None, *, gt_boxes: Sequence[np.ndarray] | Non
         accs.append(acc.max())
     out["maxboxacc_v2"] = float(np.mean(accs))
     return out
+
+
+def mean_lerf_auc(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target=None, **kwargs) -> float:
+    """Mean AUC-LeRF over a batch: the area under :func:`lerf_curve`, averaged over the images (NaNs skipped).
+
+    The per-method score of NAS Table 2 (Sec. 4.3.2, larger is better): the least relevant pixels are removed
+    first, so a map that ranks the pixels the model needs last keeps the score up longest.
+
+    Parameters
+    ----------
+    model, x, saliency, target
+        As in :func:`lerf_curve`.
+    **kwargs
+        :func:`lerf_curve`'s options (``steps``, ``baseline``, ...).
+
+    Returns
+    -------
+    float
+        The mean AUC as a fraction (``torch.nanmean`` of :func:`curve_auc` per image).
+    """
+    fractions, curve = lerf_curve(model, x, saliency, target, **kwargs)
+    return float(torch.nanmean(curve_auc(fractions, curve)))
+
+
+def best_cell_iou(segments: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean over images of the best IoU between the object mask and a single cell of the image's partition.
+
+    How well one superpixel captures the object: NAS Sec. 4.2.2 (Fig. 3) reads this off the depth and number of
+    clusters. 1 means one cell is exactly the object.
+
+    Parameters
+    ----------
+    segments : LongTensor[N, H, W]
+        One partition per image.
+    masks : BoolTensor[N, H, W]
+        The object masks.
+
+    Returns
+    -------
+    float in [0, 1]
+    """
+    if not isinstance(segments, torch.Tensor) or not isinstance(masks, torch.Tensor):
+        raise TypeError("segments and masks must be tensors of shape (N, H, W)")
+    if segments.dim() != 3 or tuple(masks.shape) != tuple(segments.shape):
+        raise ValueError(f"segments and masks must have the same shape (N, H, W), got {tuple(segments.shape)} and "
+                         f"{tuple(masks.shape)}")
+    masks = masks.bool().cpu()
+    ious = []
+    for s, mi in zip(segments.cpu(), masks, strict=True):
+        best = 0.0
+        for c in torch.unique(s):
+            cell = s == c
+            best = max(best, ((cell & mi).sum() / (cell | mi).sum()).item())
+        ious.append(best)
+    return float(np.mean(ious))
