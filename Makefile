@@ -1,6 +1,9 @@
 # `make book`: the book (executes every chapter in the `ci` profile, builds _build/html).
 # `make test`: unit tests, every chapter executed, the papers' claims checked, the book built with warnings as errors.
 # `make reproduce`: every chapter at seeds 0, 1, 2 and one table of every claim's figure per seed (mean ± sd).
+# `make colab-smoke`: every chapter in the `colab` profile on this CPU, offline, at toy scale (tools/colab_smoke.py):
+#   fixture datasets in the real formats downloaded from a loopback server, fake ImageNet weights, XAI_ROBUST_SMOKE=1;
+#   prints each chapter's wall time, executed copies in _build/colab-smoke/.
 # `make lint`: ruff over the package, tests, tools, benchmarks and notebooks (configured in pyproject.toml).
 # Both create .venv and install what they need (pinned by constraints.txt) on first use.
 # `make check-book`: every page of _build/html in headless Chromium at 1280 and 400 px (tools/check_book.py): fails on
@@ -15,7 +18,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export XAI_ROBUST_RESULTS := $(CURDIR)/results
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test lint unit chapters claims html html-strict reproduce clean mathjax chromium check-book
+.PHONY: book test lint unit chapters claims html html-strict reproduce clean mathjax chromium check-book colab-smoke
 
 MATHJAX_VERSION := 3.2.2
 MATHJAX_STAMP := _build/mathjax/.mathjax-$(MATHJAX_VERSION)
@@ -37,6 +40,9 @@ test: $(VENV)/.installed-test mathjax
 	$(PY) tools/book.py build -W
 	$(PY) -m pytest tests/test_claims.py -q -rs
 	XAI_ROBUST_SOLUTIONS=1 $(PY) -m pytest tests/test_solutions.py -q
+
+colab-smoke: $(VENV)/.installed-test
+	$(PY) tools/colab_smoke.py
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -248,3 +248,21 @@ def test_pca_is_off_by_default_as_in_exmaps_code():
 
     for fn in (cluster.pseudo_groups, cluster.spectral_clustering, cluster.kmeans, cluster.eigengap):
         assert inspect.signature(fn).parameters["pca"].default is None, fn.__name__
+
+
+def test_heatmap_representations_read_image_files_batch_by_batch(tmp_path):
+    """A real dataset's LazyImages (image files read per batch) give the representations of the same tensor."""
+    from PIL import Image
+
+    from xai_robust.data.base import LazyImages
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(paths[-1])
+    lazy = LazyImages(paths, 16)
+    tensor = torch.stack([lazy[i] for i in range(6)])
+    model = models.build("conv2net", 2, in_channels=3, seed=0).eval()
+    ours = cluster.heatmap_representations(model, lazy, batch_size=4, progress=False)
+    torch.testing.assert_close(ours, cluster.heatmap_representations(model, tensor, batch_size=4, progress=False))

@@ -4,68 +4,23 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import http.server
 import importlib
 import io
+import json
 import pickle
 import socket
-import tarfile
-import threading
-import urllib.parse
 import zipfile
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from xai_robust import data
+from xai_robust.data import fixtures
 from xai_robust.data.download import DownloadError
 
 dl = importlib.import_module("xai_robust.data.download")  # the module (data.download is the function)
-
-
-class _Server:
-    """127.0.0.1 only: serves ``files`` (path → bytes), counts requests, can cut a transfer short."""
-
-    def __init__(self):
-        self.files, self.pages, self.truncate, self.requests = {}, {}, set(), []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                path = urllib.parse.urlsplit(self.path).path
-                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
-                key = f"{path}:{query['id']}" if "id" in query else path
-                if key in server.pages:  # an HTML page (Google Drive's warning page)
-                    body, kind = server.pages.pop(key).encode(), "text/html; charset=utf-8"
-                elif key in server.files:
-                    body, kind = server.files[key], "application/octet-stream"
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[:len(body) // 2] if key in server.truncate else body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
-
-    def add(self, path, body):
-        self.files[path] = body
-        return self.url + path
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+WATERBIRDS_ROWS = [(1, 0, 1), (0, 0, 0), (1, 1, 0), (0, 2, 1)]  # (y, split, place): 2 train, 1 val, 1 test
 
 
 @pytest.fixture()
@@ -73,82 +28,30 @@ def server(monkeypatch):
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    srv = _Server()
-    yield srv
-    srv.close()
+    monkeypatch.delenv(dl.MIRRORS_ENV, raising=False)
+    with fixtures.serve() as srv:
+        yield srv
 
 
-def _sha(blob):
-    return hashlib.sha256(blob).hexdigest()
-
-
-def _jpeg(colour, size=(12, 10)):
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _tar_gz(members):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, blob in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return buffer.getvalue()
-
-
-def _zip(members):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, blob in members.items():
-            zf.writestr(name, blob)
-    return buffer.getvalue()
+_sha = fixtures.sha256
 
 
 def _waterbirds_archive():
-    top = "waterbird_complete95_forest2water2"
-    rows = [("001.Albatross/a.jpg", 1, 0, 1), ("002.Laysan/b.jpg", 0, 0, 0), ("003.Sooty/c.jpg", 1, 1, 0),
-            ("004.Crested/d.jpg", 0, 2, 1)]
-    lines = ["img_id,img_filename,y,split,place,place_filename"]
-    members = {}
-    for i, (f, y, split, place) in enumerate(rows):
-        members[f"{top}/{f}"] = _jpeg((255 * y, 0, 255 * place))
-        lines.append(f"{i + 1},{f},{y},{split},{place},/x/y.jpg")
-    members[f"{top}/metadata.csv"] = ("\n".join(lines) + "\n").encode()
-    return _tar_gz(members)
-
-
-def _idx(array):
-    array = np.asarray(array, dtype=np.uint8)
-    return gzip.compress(bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-                         + array.tobytes())
+    return fixtures.waterbirds_archive(rows=WATERBIRDS_ROWS, size=(12, 10))
 
 
 def _mnist_files():
     rng = np.random.RandomState(0)
-    return {"train-images-idx3-ubyte.gz": _idx(rng.randint(0, 256, (12, 28, 28))),
-            "train-labels-idx1-ubyte.gz": _idx(np.arange(12) % 10),
-            "t10k-images-idx3-ubyte.gz": _idx(rng.randint(0, 256, (4, 28, 28))),
-            "t10k-labels-idx1-ubyte.gz": _idx([7, 2, 1, 0])}
+    return fixtures.mnist_files(train=(rng.randint(0, 256, (12, 28, 28)), np.arange(12) % 10),
+                                test=(rng.randint(0, 256, (4, 28, 28)), [7, 2, 1, 0]))
 
 
 def _cifar_archive():
-    rng = np.random.RandomState(0)
-    members = {f"cifar-10-batches-py/{name}": pickle.dumps({b"data": rng.randint(0, 256, (2, 3072)).astype(np.uint8),
-                                                            b"labels": [3, 5]})
-               for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
-    members["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]})
-    return _tar_gz(members)
+    return fixtures.cifar10_archive(n_per_batch=2)
 
 
 def _stl_archive():
-    rng = np.random.RandomState(0)
-    members = {}
-    for stem in ("train", "test"):
-        members[f"stl10_binary/{stem}_X.bin"] = rng.randint(0, 256, (2, 3, 96, 96)).astype(np.uint8).tobytes()
-        members[f"stl10_binary/{stem}_y.bin"] = bytes([1, 10])
-    return _tar_gz(members)
+    return fixtures.stl10_archive(n_train=2, n_test=2)
 
 
 def _leftovers(parent):
@@ -179,7 +82,11 @@ def test_archive_datasets_download_then_load(server, tmp_path, name):
     root = data.download(name, tmp_path / name, url=url, sha256=_sha(archive), progress=False)
     train = data.load(name, "train", root=root)
     assert len(train) == {"cifar10": 8, "stl10": 2}[name] and train.images.shape[1] == 3
-    assert train.labels.tolist()[:2] == {"cifar10": [3, 5], "stl10": [0, 9]}[name]
+    if name == "cifar10":
+        first = pickle.loads((root / "cifar-10-batches-py" / "data_batch_1").read_bytes())[b"labels"]
+    else:
+        first = (np.fromfile(root / "stl10_binary" / "train_y.bin", dtype=np.uint8).astype(int) - 1).tolist()
+    assert train.labels.tolist()[:2] == first[:2]
     data.download(name, root, url=url)  # in place: no network, no checksum needed
     assert len(server.requests) == 1 and _leftovers(tmp_path) == [name]
 
@@ -251,12 +158,10 @@ def test_no_network_says_how_to_download_by_hand(tmp_path):
 
 
 def test_celeba_from_a_url_archive_and_from_google_drive(server, tmp_path, monkeypatch):
-    ids = ["000001.jpg", "000002.jpg", "000003.jpg"]
-    attr_csv = "image_id,Blond_Hair,Male\n000001.jpg,1,-1\n000002.jpg,-1,1\n000003.jpg,1,1\n"
-    part_csv = "image_id,partition\n000001.jpg,0\n000002.jpg,0\n000003.jpg,2\n"
+    tables = dict(n=3, partitions=[0, 0, 2], attributes=("Blond_Hair", "Male"), values=[[1, -1], [-1, 1], [1, 1]])
     # Kaggle's layout: the images one folder deeper, csv tables
-    members = {f"img_align_celeba/img_align_celeba/{i}": _jpeg((200, 180, 40)) for i in ids}
-    archive = _zip({**members, "list_attr_celeba.csv": attr_csv.encode(), "list_eval_partition.csv": part_csv.encode()})
+    archive = fixtures.celeba_archive(kaggle=True, **tables)
+    assert "img_align_celeba/img_align_celeba/000001.jpg" in zipfile.ZipFile(io.BytesIO(archive)).namelist()
     url = server.add("/celeba.zip", archive)
     with pytest.raises(ValueError, match="no published checksum"):
         data.download("celeba", tmp_path / "k", url=url)
@@ -266,9 +171,10 @@ def test_celeba_from_a_url_archive_and_from_google_drive(server, tmp_path, monke
     assert train[0]["image"].shape == (3, 8, 8)
     # the official Google Drive files: a warning page whose form leads to the file, then the files themselves
     monkeypatch.setattr(dl, "_GDRIVE", server.url + "/gdrive")
-    official = {"img_align_celeba.zip": _zip({f"img_align_celeba/{i}": _jpeg((10, 20, 30)) for i in ids}),
-                "list_attr_celeba.txt": b"3\nBlond_Hair Male\n000001.jpg 1 -1\n000002.jpg -1 1\n000003.jpg 1 1\n",
-                "list_eval_partition.txt": b"000001.jpg 0\n000002.jpg 0\n000003.jpg 2\n"}
+    files = fixtures.celeba_files(fmt="txt", **tables)
+    official = {"img_align_celeba.zip": fixtures.zip_bytes({k: v for k, v in files.items() if k.endswith(".jpg")}),
+                "list_attr_celeba.txt": files["list_attr_celeba.txt"],
+                "list_eval_partition.txt": files["list_eval_partition.txt"]}
     for f in dl.DATASETS["celeba"].files:
         server.add(f"/gdrive:{f.gdrive}", official[f.name])
     zip_id = dl.DATASETS["celeba"].files[0].gdrive
@@ -326,7 +232,7 @@ def test_bad_arguments_name_the_fix(server, tmp_path):
         data.download("cifar10", busy, url=server.url + "/c.tar.gz")
     assert server.requests == [] and (busy / "notes.txt").read_text() == "mine"
     # an archive without the dataset's files is refused, nothing renamed into place
-    junk = _tar_gz({"readme.txt": b"hello"})
+    junk = fixtures.tar_gz({"readme.txt": b"hello"})
     with pytest.raises(DownloadError, match="do not hold"):
         data.download("stl10", tmp_path / "s", url=server.add("/junk.tar.gz", junk), sha256=_sha(junk),
                       progress=False)
@@ -342,3 +248,71 @@ def test_fixture_pixels_round_trip(server, tmp_path):
         root = data.download("mnist", tmp_path / "m", url=server.url + "/m/", sha256="unverified", progress=False)
     raw = np.frombuffer(gzip.decompress(files["t10k-images-idx3-ubyte.gz"]), np.uint8, offset=16).reshape(4, 28, 28)
     assert torch.equal(data.load("mnist", "test", root=root).images[:, 0], torch.tensor(raw).float() / 255)
+
+
+def test_mirror_table_points_download_and_load_at_a_mirror(tmp_path, monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with fixtures.serve(tmp_path / "mirror") as srv:
+        table = fixtures.write_mirror(tmp_path / "mirror", base_url=srv.url, datasets=("mnist", "waterbirds"),
+                                      table=tmp_path / "mirrors.json", mnist=dict(n_train=60, n_test=12),
+                                      waterbirds=dict(rows=WATERBIRDS_ROWS, size=(12, 10)))
+        written = tmp_path / "mirrors.json"
+        assert json.loads(written.read_text()) == table == dl.mirror_table(written)
+        assert table["mnist"]["url"] == srv.url + "/mnist/" and len(table["mnist"]["sha256"]) == 4
+        monkeypatch.setenv(dl.MIRRORS_ENV, str(tmp_path / "mirrors.json"))
+        # no url= and no sha256=: the table gives both (Waterbirds has no published checksum)
+        root = data.download("waterbirds", tmp_path / "wb", progress=False)
+        assert srv.requests == ["/waterbird_complete95_forest2water2.tar.gz"]
+        assert data.load("waterbirds", "train", root=root, size=8).labels.tolist() == [1, 0]
+        # a sha256= given wins over the table's; a url= given bypasses the table
+        with pytest.raises(DownloadError, match="SHA256"):
+            data.download("waterbirds", tmp_path / "wb2", sha256="0" * 64, progress=False)
+        with pytest.raises(ValueError, match="no published checksum"):
+            data.download("waterbirds", tmp_path / "wb3", url=srv.url + "/elsewhere.tar.gz")
+        # outside ci, load downloads a missing dataset into its default root (MNIST for the digit datasets)
+        monkeypatch.setenv("XAI_ROBUST_DATA", str(tmp_path / "data"))
+        before = len(srv.requests)
+        assert len(data.load("parity_digits", "test", seed=0)) == 1000 and len(srv.requests) == before  # ci: offline
+        test = data.load("parity_digits", "test", profile="colab")
+        assert len(test) == 12 and (tmp_path / "data" / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
+        assert len(srv.requests) == before + 4
+        scenes = data.load("spurious_scenes", "val", profile="colab", size=8)
+        assert len(scenes) == 1 and (tmp_path / "data" / "waterbirds" / "metadata.csv").is_file()
+        data.load("colored_digits", "val", profile="paper")  # in place: no network
+        assert len(srv.requests) == before + 5
+        # root= given: never downloaded
+        with pytest.raises(data.DatasetNotFoundError):
+            data.load("waterbirds", "train", profile="colab", root=tmp_path / "nothing")
+        assert len(srv.requests) == before + 5
+
+
+def test_load_without_a_checksum_names_the_way_out(tmp_path, monkeypatch):
+    monkeypatch.delenv(dl.MIRRORS_ENV, raising=False)
+    monkeypatch.setenv("XAI_ROBUST_DATA", str(tmp_path))
+    with pytest.raises(data.DatasetNotFoundError, match=r"(?s)no published checksum.*XAI_ROBUST_MIRRORS"):
+        data.load("waterbirds", "train", profile="colab")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_mirror_tables_say_what_is_wrong(tmp_path, monkeypatch):
+    monkeypatch.delenv(dl.MIRRORS_ENV, raising=False)
+    assert dl.mirror_table() == {}
+    monkeypatch.setenv(dl.MIRRORS_ENV, "")
+    assert dl.mirror_table() == {}
+    table = tmp_path / "m.json"
+    monkeypatch.setenv(dl.MIRRORS_ENV, str(table))
+    with pytest.raises(ValueError, match="cannot be read"):
+        data.download("cifar10", tmp_path / "c")
+    cases = {"{": "not valid JSON", "[]": "JSON object", '{"imagenet": {"url": "http://x/"}}': "unknown dataset",
+             '{"cifar10": {"sha256": "00"}}': "must be", '{"cifar10": {"url": "http://x/", "md5": "0"}}': "must be",
+             '{"cifar10": "http://x/c.tar.gz"}': "must be"}
+    for text, message in cases.items():
+        table.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            data.download("cifar10", tmp_path / "c")
+    # a bad sha256 in the table is reported like a bad sha256= argument
+    table.write_text('{"cifar10": {"url": "http://127.0.0.1:9/c.tar.gz", "sha256": "abc"}}')
+    with pytest.raises(ValueError, match="64 hexadecimal digits"):
+        data.download("cifar10", tmp_path / "c")

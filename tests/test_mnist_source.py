@@ -1,26 +1,16 @@
 """The digit datasets built from real MNIST (source="mnist"), on tiny IDX fixture files written here."""
 from __future__ import annotations
 
-import gzip
-
 import numpy as np
 import pytest
 import torch
 
 from xai_robust import data
+from xai_robust.data import fixtures
 from xai_robust.data.digits import MNIST_CLEAR_ROWS, mark_position
 from xai_robust.data.real import DatasetNotFoundError
 
 N_TRAIN, N_TEST = 60, 24  # 'train' = the first 50 training images, 'val' = the last 10 (5/6 cut below 10,000)
-
-
-def _write_idx(path, array, *, compress=False):
-    array = np.asarray(array, dtype=np.uint8)
-    blob = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        blob = gzip.compress(blob)
-    path.write_bytes(blob)
 
 
 def _fake_digits(n, rng):
@@ -37,10 +27,10 @@ def mnist_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("mnist")
     rng = np.random.RandomState(0)
     train, test = _fake_digits(N_TRAIN, rng), _fake_digits(N_TEST, rng)
-    _write_idx(root / "train-images-idx3-ubyte", train, compress=True)  # the loader reads .gz and raw files
-    _write_idx(root / "train-labels-idx1-ubyte", np.arange(N_TRAIN) % 10, compress=True)
-    _write_idx(root / "t10k-images-idx3-ubyte", test)
-    _write_idx(root / "t10k-labels-idx1-ubyte", (np.arange(N_TEST) * 3) % 10)
+    fixtures.write_idx(root / "train-images-idx3-ubyte", train, compress=True)  # the loader reads .gz and raw files
+    fixtures.write_idx(root / "train-labels-idx1-ubyte", np.arange(N_TRAIN) % 10, compress=True)
+    fixtures.write_idx(root / "t10k-images-idx3-ubyte", test)
+    fixtures.write_idx(root / "t10k-labels-idx1-ubyte", (np.arange(N_TEST) * 3) % 10)
     return root, torch.tensor(train).float() / 255, torch.tensor(test).float() / 255
 
 

@@ -185,14 +185,17 @@ def heatmap_representations(
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    from .data.base import LazyImages
+
     images = getattr(x, "images", x)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+    lazy = isinstance(images, LazyImages)  # a real dataset's image files (read batch by batch, as floats)
+    if not lazy and (not isinstance(images, torch.Tensor) or images.dim() != 4):
         shape = f", got shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else ""
         raise ValueError(f"x must be an image tensor (N, C, H, W) or a dataset with an `images` tensor{shape}; "
                          "add a batch dimension with x.unsqueeze(0) for a single image")
     if len(images) == 0:
         raise ValueError("x is empty: pass at least one image")
-    if not images.is_floating_point():
+    if not lazy and not images.is_floating_point():
         raise TypeError(f"x must hold float images in [0, 1], got dtype {images.dtype}; convert with x.float() / 255")
     check_count(batch_size, "batch_size")
     _check_size(size)
@@ -208,7 +211,7 @@ def heatmap_representations(
     try:
         dev = next(model.parameters()).device
     except StopIteration:
-        dev = images.device
+        dev = torch.device("cpu") if lazy else images.device
     from .attribution import resolve_target, restore_model
 
     check_model_input(model, images[:1].to(dev))

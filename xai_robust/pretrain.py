@@ -275,7 +275,9 @@ def pretrained_backbone(arch: str, domain: str, *, in_channels: int = 3, seed: i
     with_head : bool
         Keep the corpus classifier's head in the returned state dict (to evaluate it on the corpus).
     **overrides
-        Replace entries of ``PRETRAIN_RECIPES[domain]`` (``n``, ``size``, ``epochs``, ``lr``, ...).
+        Replace entries of ``PRETRAIN_RECIPES[domain]`` (``n``, ``size``, ``epochs``, ``lr``, ...). Under the
+        smoke setting (``$XAI_ROBUST_SMOKE``, :func:`xai_robust.profiles.smoke`; ``make colab-smoke``) the corpus
+        holds at most ``profiles.SMOKE["n_train"]`` images and training lasts ``SMOKE["epochs"]`` epoch.
 
     Returns
     -------
@@ -285,6 +287,7 @@ def pretrained_backbone(arch: str, domain: str, *, in_channels: int = 3, seed: i
     from . import cache_dir
     from .cache import config_hash, load_verified, save_verified
     from .models import ARCHS
+    from .profiles import SMOKE, smoke
 
     if arch not in ARCHS:  # before the corpus is drawn and a backbone trained
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
@@ -298,6 +301,8 @@ def pretrained_backbone(arch: str, domain: str, *, in_channels: int = 3, seed: i
     if domain == "shapes" and in_channels != 3:
         raise ValueError(f"the shapes corpus is in colour: in_channels must be 3, got {in_channels}")
     recipe = {**PRETRAIN_RECIPES[domain], **overrides}
+    if smoke():  # make colab-smoke: a toy backbone (the code path, not the weights, is what it checks)
+        recipe.update(n=min(recipe["n"], SMOKE["n_train"]), epochs=SMOKE["epochs"])
     model_kwargs = dict(model_kwargs or {})
     key = config_hash(dict(kind="pretrained_backbone", version=CORPUS_VERSION, head=True, arch=arch, domain=domain,
                            in_channels=in_channels, seed=seed, model=model_kwargs, recipe=recipe))

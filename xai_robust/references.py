@@ -123,12 +123,23 @@ def captum_lrp(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float
     -------
     Tensor
         Relevance with the shape of ``x``.
+
+    Raises
+    ------
+    NotImplementedError
+        A module runs more than once per forward pass (torchvision's ResNet blocks call their one ``ReLU``
+        twice), which captum's LRP cannot handle (it fails deep in its backward hooks otherwise).
     """
     from captum.attr import LRP
     from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
     from captum.attr._utils.lrp_rules import EpsilonRule, IdentityRule
 
     check_model_input(model, x)
+    reused = _reused_modules(model, x[:1])
+    if reused:
+        raise NotImplementedError(f"captum's LRP cannot explain this {type(model).__name__}: module(s) {reused[:3]} "
+                                  "run more than once per forward pass (e.g. torchvision's ResNet blocks reuse their "
+                                  "ReLU); compare on a plain ReLU network (Conv2Net, VGG) or use zennit_heatmap")
     followed = relu_fed_layers(model, x)
     before = {m: set(vars(m)) for m in model.modules()}
     tiny = 1e-12 if x.dtype == torch.float64 else 1e-30
@@ -153,6 +164,23 @@ def captum_lrp(model: nn.Module, x: torch.Tensor, target=None, *, epsilon: float
             for key in set(vars(m)) - keys:
                 delattr(m, key)
     return relevance.detach()
+
+
+def _reused_modules(model: nn.Module, x: torch.Tensor) -> list:
+    """Names of the leaf modules called more than once in one forward pass of ``x``."""
+    calls, handles = {}, []
+    for name, m in model.named_modules():
+        if len(list(m.children())) == 0:
+            handles.append(m.register_forward_hook(lambda mod, a, o, name=name: calls.__setitem__(
+                name, calls.get(name, 0) + 1)))
+    try:
+        with restore_model(model), torch.no_grad():
+            model.eval()
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(n for n, c in calls.items() if c > 1)
 
 
 def exmap_composite(gamma: float = 4.0, epsilon: float = 1e-6, canonizers=None):

@@ -103,38 +103,78 @@ class LazyImages:
         Image files.
     size : int
         Images are resized (shorter side, then centre crop) to ``size × size``.
+    kind : {'rgb', 'mask'}
+        'rgb': colour images (3, size, size) in [0, 1]; 'mask': foreground masks (1, size, size) of 0 and 1, read
+        from grayscale files (such as CUB's segmentations: a pixel is foreground at >= 50 % of the maximum).
+    mask_paths : sequence of Path, optional
+        With ``kind='rgb'``: foreground masks the images are multiplied by (the background set to black, as
+        ExMap's foreground-only Waterbirds).
     """
 
-    def __init__(self, paths: Sequence[Path], size: int):
+    def __init__(self, paths: Sequence[Path], size: int, *, kind: str = "rgb", mask_paths=None):
+        if kind not in ("rgb", "mask"):
+            raise ValueError(f"kind must be 'rgb' or 'mask', got {kind!r}")
         self.paths = list(paths)
         self.size = int(size)
+        self.kind = kind
+        self.mask_paths = None if mask_paths is None else list(mask_paths)
+        if self.mask_paths is not None and len(self.mask_paths) != len(self.paths):
+            raise ValueError(f"mask_paths must hold one mask per image ({len(self.paths)}), got {len(self.mask_paths)}")
 
     def __len__(self) -> int:
         return len(self.paths)
 
     @property
     def shape(self):
-        return (len(self.paths), 3, self.size, self.size)
+        return (len(self.paths), 3 if self.kind == "rgb" else 1, self.size, self.size)
 
-    def _load(self, i: int) -> torch.Tensor:
+    def _read(self, path, mode: str) -> torch.Tensor:
         import numpy as np
         from PIL import Image
 
-        with Image.open(self.paths[i]) as img:
-            img = img.convert("RGB")
+        with Image.open(path) as img:
+            img = img.convert(mode)
             w, h = img.size
             scale = self.size / min(w, h)
             img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BILINEAR)
             w, h = img.size
             left, top = (w - self.size) // 2, (h - self.size) // 2
             img = img.crop((left, top, left + self.size, top + self.size))
-            return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+            pixels = torch.from_numpy(np.asarray(img).copy()).float() / 255
+        return pixels.permute(2, 0, 1) if mode == "RGB" else pixels[None]
+
+    def _load(self, i: int) -> torch.Tensor:
+        if self.kind == "mask":
+            return (self._read(self.paths[i], "L") >= 0.5).float()
+        image = self._read(self.paths[i], "RGB")
+        if self.mask_paths is not None:
+            image = image * (self._read(self.mask_paths[i], "L") >= 0.5).float()
+        return image
+
+    def select(self, indices) -> LazyImages:
+        """The images at ``indices`` (a list of ints) as a new :class:`LazyImages` (nothing is read)."""
+        return LazyImages([self.paths[i] for i in indices], self.size, kind=self.kind,
+                          mask_paths=None if self.mask_paths is None else [self.mask_paths[i] for i in indices])
 
     def __getitem__(self, index):
-        if isinstance(index, int):
-            return self._load(index)
-        index = torch.as_tensor(index).reshape(-1).tolist()
+        if isinstance(index, (int, np.integer)):
+            return self._load(int(index))
+        if isinstance(index, slice):  # images[i:i + batch] (train.predict batches like this)
+            index = list(range(len(self)))[index]
+        else:
+            index = torch.as_tensor(index).reshape(-1).tolist()
+        if not index:
+            return torch.zeros(0, *self.shape[1:])
         return torch.stack([self._load(i) for i in index])
+
+    def describe(self) -> dict:
+        """What identifies these images (their files and size), for :meth:`SampleDataset.fingerprint`."""
+        out = {"paths": [str(p) for p in self.paths], "size": self.size}
+        if self.kind != "rgb":
+            out["kind"] = self.kind
+        if self.mask_paths is not None:
+            out["mask_paths"] = [str(p) for p in self.mask_paths]
+        return out
 
 
 class SampleDataset(Dataset):
@@ -148,7 +188,7 @@ class SampleDataset(Dataset):
         Class labels and group ids (0..G-1).
     class_names, group_names : list of str
         Names of the classes and groups (``group_names[g]`` describes group ``g``).
-    masks : Tensor[N, 1, H, W], optional
+    masks : Tensor[N, 1, H, W] or LazyImages (kind='mask'), optional
         Foreground masks (1 = foreground), used by ISNet and localisation metrics.
     spurious : LongTensor[N], optional
         The spurious attribute (e.g. background family, colour, digit for parity).
@@ -156,10 +196,12 @@ class SampleDataset(Dataset):
         Further per-sample attributes (e.g. ``{"cooccur": ...}`` for the second shortcut).
     name : str
         A short name used in titles.
+    missing_masks : str, optional
+        Without ``masks``: why there are none and how to get them (what :meth:`require_masks` raises).
     """
 
     def __init__(self, images, labels, groups, *, class_names, group_names, masks=None, spurious=None,
-                 attributes=None, name="dataset"):
+                 attributes=None, name="dataset", missing_masks=None):
         if isinstance(images, torch.Tensor):
             if not images.is_floating_point():
                 raise TypeError(f"images must be floats in [0, 1], got dtype {images.dtype}; for 0-255 pixels pass "
@@ -181,7 +223,12 @@ class SampleDataset(Dataset):
         if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= len(group_names)):
             raise ValueError(f"groups must lie in [0, {len(group_names)}) (one id per entry of group_names), got "
                              f"values in [{int(groups.min())}, {int(groups.max())}]")
-        if masks is not None:
+        if isinstance(masks, LazyImages):
+            if masks.kind != "mask" or len(masks) != n or masks.size != tuple(images.shape)[-1]:
+                raise ValueError(f"lazily read masks must be LazyImages(kind='mask') of {n} masks of the images' "
+                                 f"size {tuple(images.shape)[-1]}, got kind={masks.kind!r}, {len(masks)} of size "
+                                 f"{masks.size}")
+        elif masks is not None:
             if not isinstance(masks, torch.Tensor):
                 raise TypeError(f"masks must be a float Tensor of shape ({n}, 1, H, W), got {type(masks).__name__}; "
                                 "convert an array with torch.from_numpy(masks).float()")
@@ -206,6 +253,14 @@ class SampleDataset(Dataset):
         self.class_names = class_names
         self.group_names = group_names
         self.name = name
+        self.missing_masks = missing_masks
+
+    def require_masks(self):
+        """``self.masks``, or a ``ValueError`` saying why this dataset has none and how to get them."""
+        if self.masks is None:
+            raise ValueError(f"{self.name} has no foreground masks, which this code needs. "
+                             + (self.missing_masks or "Pass masks= (N, 1, H, W) to the dataset."))
+        return self.masks
 
     @property
     def num_classes(self) -> int:
@@ -257,13 +312,15 @@ class SampleDataset(Dataset):
         """A new dataset holding the samples at ``indices`` (integer positions or a boolean mask of length N;
         group names kept)."""
         idx = self._indices(indices)
-        images = self.images[idx] if isinstance(self.images, torch.Tensor) else \
-            LazyImages([self.images.paths[i] for i in idx.tolist()], self.images.size)
+        images = self.images[idx] if isinstance(self.images, torch.Tensor) else self.images.select(idx.tolist())
+        masks = self.masks
+        if masks is not None:
+            masks = masks.select(idx.tolist()) if isinstance(masks, LazyImages) else masks[idx]
         return SampleDataset(images, self.labels[idx], self.groups[idx], class_names=self.class_names,
-                             group_names=self.group_names,
-                             masks=None if self.masks is None else self.masks[idx],
+                             group_names=self.group_names, masks=masks,
                              spurious=None if self.spurious is None else self.spurious[idx],
-                             attributes={k: v[idx] for k, v in self.attributes.items()}, name=self.name)
+                             attributes={k: v[idx] for k, v in self.attributes.items()}, name=self.name,
+                             missing_masks=self.missing_masks)
 
     def group_counts(self) -> torch.Tensor:
         """Number of samples per group id."""
@@ -275,9 +332,9 @@ class SampleDataset(Dataset):
         Every image, label, group, mask, spurious attribute and extra attribute counts (no sampling); lazily
         loaded images count by their paths and size.
         """
-        images = self.images if isinstance(self.images, torch.Tensor) else \
-            {"paths": [str(p) for p in self.images.paths], "size": self.images.size}
-        return content_digest(images, self.labels, self.groups, self.masks, self.spurious, self.attributes)
+        images = self.images if isinstance(self.images, torch.Tensor) else self.images.describe()
+        masks = self.masks.describe() if isinstance(self.masks, LazyImages) else self.masks
+        return content_digest(images, self.labels, self.groups, masks, self.spurious, self.attributes)
 
     def __repr__(self) -> str:
         shape = tuple(self.images.shape[1:])

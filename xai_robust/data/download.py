@@ -16,11 +16,16 @@ No SHA-256 of these files is published by their authors or known to this package
 is made up either): by default the check uses the MD5 that torchvision 0.29 publishes for the same file, and
 Waterbirds, for which no checksum is published at all, needs ``sha256=`` (or the explicit opt-out
 ``sha256="unverified"``, which warns and reports the SHA-256 received so it can be pinned next time).
+
+A mirror table replaces the published locations without changing any call: ``$XAI_ROBUST_MIRRORS`` names a JSON
+file ``{name: {"url": ..., "sha256": ...}}`` (a lab's local mirror, or ``make colab-smoke``'s loopback server),
+read by :func:`download` whenever ``url=`` is not given (:func:`mirror_table`).
 """
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -35,8 +40,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["download", "DownloadError", "DATASETS", "UNVERIFIED"]
+__all__ = ["download", "DownloadError", "DATASETS", "UNVERIFIED", "MIRRORS_ENV", "mirror_table"]
 
+MIRRORS_ENV = "XAI_ROBUST_MIRRORS"  # path of a JSON mirror table {name: {"url": ..., "sha256": ...}}
 UNVERIFIED = "unverified"  # sha256= value that downloads without any checksum (a warning reports the SHA-256)
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
@@ -361,6 +367,54 @@ def _dataset_folder(content: Path, spec: _Spec, name: str) -> Path | None:
     return None
 
 
+def mirror_table(path=None) -> dict:
+    """The mirror table: ``{name: {"url": str, "sha256": str or dict (optional)}}`` from ``$XAI_ROBUST_MIRRORS``.
+
+    A lab with a local copy of the datasets (or ``make colab-smoke``, with its loopback server) points
+    :func:`download` at it by writing this JSON file and setting ``$XAI_ROBUST_MIRRORS`` to its path; every
+    ``download(name)`` without ``url=`` then fetches ``url`` (for ``mnist`` the folder holding the four ``.gz``
+    files) and checks ``sha256`` (one SHA-256, or for ``mnist`` a dict over its files), unless ``sha256=`` is
+    given. Datasets absent from the table use the published locations.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The table to read (default ``$XAI_ROBUST_MIRRORS``; unset or empty: no mirror, ``{}``).
+
+    Returns
+    -------
+    dict
+        The table, validated.
+
+    Raises
+    ------
+    ValueError
+        The file is missing or not JSON, or an entry is not ``{"url": str, "sha256": ...}`` for a known dataset.
+    """
+    if path is None:
+        path = os.environ.get(MIRRORS_ENV, "")
+        if not path.strip():
+            return {}
+    where = f"the mirror table {str(path)!r}" + (f" (${MIRRORS_ENV})" if path == os.environ.get(MIRRORS_ENV) else "")
+    try:
+        table = json.loads(Path(path).expanduser().read_text())
+    except OSError as err:
+        raise ValueError(f"{where} cannot be read ({err}); unset ${MIRRORS_ENV} or point it at a JSON file") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not valid JSON ({err})") from err
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must hold a JSON object {{name: {{\"url\": ..., \"sha256\": ...}}}}, got "
+                         f"{type(table).__name__}")
+    for name, entry in table.items():
+        if name not in DATASETS:
+            raise ValueError(f"{where} names an unknown dataset {name!r}; known: {sorted(DATASETS)}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or \
+                set(entry) - {"url", "sha256"}:
+            raise ValueError(f"{where}: the entry for {name!r} must be {{\"url\": \"...\", \"sha256\": ...}} "
+                             f"(sha256 optional), got {entry!r}")
+    return table
+
+
 def download(name: str, root=None, *, url: str | None = None, sha256: str | dict | None = None,
              progress: bool = True) -> Path:
     """Download a real dataset, verify it and extract it into the folder :func:`xai_robust.data.load` reads.
@@ -393,11 +447,13 @@ def download(name: str, root=None, *, url: str | None = None, sha256: str | dict
         others one archive (tar, tar.gz or zip) of the dataset — for 'celeba' an archive holding
         ``list_attr_celeba`` and ``list_eval_partition`` (``.txt`` or ``.csv``) and ``img_align_celeba/``, such
         as Kaggle's. Default: the published location (MNIST: torchvision's two mirrors, tried in turn; CelebA:
-        the Google Drive files torchvision lists).
+        the Google Drive files torchvision lists), or the mirror table's ``url`` for ``name`` when
+        ``$XAI_ROBUST_MIRRORS`` names one (:func:`mirror_table`).
     sha256 : str or dict, optional
         The expected SHA-256 (64 hex digits) of the archive, or for the datasets made of several files
         (MNIST's four files, CelebA's official three) a dict ``{file name: SHA-256}``; ``"unverified"`` skips
-        the check. Default: the published checksum described above.
+        the check. Default: the mirror table's ``sha256`` when its ``url`` is used, else the published checksum
+        described above.
     progress : bool
         Show progress bars (``xai_robust.progress``; ``$XAI_ROBUST_PROGRESS`` still applies).
 
@@ -424,6 +480,11 @@ def download(name: str, root=None, *, url: str | None = None, sha256: str | dict
         raise ValueError(f"name must be one of {sorted(DATASETS)}, got {name!r}{hint}")
     show = _check_flag(progress, "progress")
     spec = DATASETS[name]
+    if url is None:
+        mirror = mirror_table().get(name)
+        if mirror is not None:
+            url = mirror["url"]
+            sha256 = mirror.get("sha256") if sha256 is None else sha256
     files = _files_for(name, spec, url)
     expected = _expected(name, files, sha256)
     if root is not None and not isinstance(root, (str, os.PathLike)):

@@ -5,7 +5,8 @@ they are missing, raises an error that says where to get them (:func:`xai_robust
 verifies and extracts them into that layout). Tests run the loaders on tiny fixture files written in the
 same formats.
 
-- Waterbirds (Sagawa et al., 2020): ``metadata.csv`` (img_filename, y, split, place) + image files.
+- Waterbirds (Sagawa et al., 2020): ``metadata.csv`` (img_filename, y, split, place) + image files; the birds'
+  masks from CUB-200-2011's ``segmentations/`` when present.
 - CelebA (Liu et al., 2015): ``list_attr_celeba.txt``/``.csv``, ``list_eval_partition.txt``/``.csv``,
   ``img_align_celeba/``; label = Blond_Hair, spurious = Male (the group-robustness benchmark).
 - MNIST (IDX files), CIFAR-10 (python pickle batches), STL-10 (binary ``*_X.bin``/``*_y.bin``).
@@ -45,25 +46,61 @@ def _check_split(split):
         raise ValueError(f"split must be one of {sorted(_SPLIT_CODES)}, got {split!r}")
 
 
-def waterbirds(split: str, *, root, size: int = 224) -> SampleDataset:
+_CUB_SEGMENTATIONS = ("CUB-200-2011's segmentations.tgz (https://www.vision.caltech.edu/datasets/cub_200_2011/, "
+                      "'Segmentations') holds them: extract its folder segmentations/ (one PNG per bird image, "
+                      "<class folder>/<image>.png) into the Waterbirds folder, or pass segmentations=<that folder>.")
+
+
+def waterbirds(split: str, *, root, size: int = 224, segmentations=None) -> SampleDataset:
     """Waterbirds from its ``metadata.csv`` (columns img_filename, y, split, place; split 0/1/2 = train/val/test).
 
     Groups = y × place: landbird on land, landbird on water, waterbird on land, waterbird on water.
+
+    Parameters
+    ----------
+    split : {'train', 'val', 'test', 'test_fg_only'}
+        'test_fg_only': the test images with the background set to black by the bird's mask (ExMap Table 4);
+        it needs the segmentations.
+    root : str or Path
+        The folder holding ``metadata.csv`` and the bird folders.
+    size : int
+        Image side after resizing the shorter side and centre-cropping.
+    segmentations : str or Path, optional
+        CUB-200-2011's ``segmentations`` folder (``<class folder>/<image>.png``, the birds' foreground masks);
+        default ``root/segmentations`` when it exists. With it the dataset has ``masks`` (read lazily, foreground
+        where the PNG is at least half white); without it ``masks`` is None and
+        :meth:`SampleDataset.require_masks` says how to get them.
     """
-    _check_split(split)
+    fg_only = split == "test_fg_only"
+    _check_split("test" if fg_only else split)
     root = Path(root)
     meta = _require(root / "metadata.csv", "Waterbirds",
                     "Download waterbird_complete95_forest2water2.tar.gz (the Group DRO release by Sagawa et al.) "
                     "and extract it;")
-    rows = [r for r in csv.DictReader(meta.open()) if int(r["split"]) == _SPLIT_CODES[split]]
+    code = _SPLIT_CODES["test" if fg_only else split]
+    rows = [r for r in csv.DictReader(meta.open()) if int(r["split"]) == code]
     if not rows:
         raise ValueError(f"Waterbirds metadata at {meta} has no rows for split {split!r}")
     y = torch.tensor([int(r["y"]) for r in rows])
     place = torch.tensor([int(r["place"]) for r in rows])
-    images = LazyImages([root / r["img_filename"] for r in rows], size)
+    seg = Path(segmentations) if segmentations is not None else root / "segmentations"
+    masks, missing = None, f"Waterbirds has none of its own; {_CUB_SEGMENTATIONS}"
+    if segmentations is not None or seg.is_dir():
+        mask_paths = [seg / Path(r["img_filename"]).with_suffix(".png") for r in rows]
+        absent = [p for p in mask_paths if not p.is_file()]
+        if absent:
+            raise DatasetNotFoundError(f"Waterbirds: {len(absent)} of the {len(rows)} {split} masks are missing from "
+                                       f"{seg} (e.g. {absent[0]}). {_CUB_SEGMENTATIONS}")
+        masks = LazyImages(mask_paths, size, kind="mask")
+    elif fg_only:
+        raise DatasetNotFoundError(f"Waterbirds: split 'test_fg_only' needs the birds' masks, not found at {seg}. "
+                                   f"{_CUB_SEGMENTATIONS}")
+    images = LazyImages([root / r["img_filename"] for r in rows], size,
+                        mask_paths=masks.paths if fg_only else None)
     names = [f"{c} on {b}" for c in ("landbird", "waterbird") for b in ("land", "water")]
     return SampleDataset(images, y, y * 2 + place, class_names=["landbird", "waterbird"], group_names=names,
-                         spurious=place, attributes={"background": place}, name=f"Waterbirds ({split})")
+                         spurious=place, attributes={"background": place}, masks=masks, missing_masks=missing,
+                         name=f"Waterbirds ({split})")
 
 
 def _read_table(path_txt: Path, path_csv: Path):
