@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,7 @@ BAD = {
     "series": ("", SERIES, {"text-table"}, set()),
     "overflowing_figure": ("", '<img src="wide.png" style="max-width: none" alt="wide">', set(), {"wide-figure"}),
     "shrunk_figure": ("", '<img src="wide.png" alt="wide">', set(), {"wide-figure"}),
+    "heavy_img": ("", '<img src="heavy.png" alt="noise" width="300">', {"heavy-image"}, set()),
     "untypeset_math": ("", '<p>A formula: <span class="math notranslate nohighlight">\\(x^2 + y_i\\)</span>.</p>',
                        set(), {"math"}),
     "cdn_mathjax": ('<script defer src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>',
@@ -90,6 +92,8 @@ def site(tmp_path):
 
     Image.new("RGB", (300, 200), "steelblue").save(tmp_path / "fig.png")
     Image.new("RGB", (1000, 150), "darkred").save(tmp_path / "wide.png")
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "heavy.png")  # about 480 kB: over the 300 kB limit
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     (tmp_path / "other.html").write_text(PAGE.format(head="", body='<section id="results"><p>ok</p></section>'))
     (tmp_path / "good.html").write_text(PAGE.format(head="", body=GOOD))

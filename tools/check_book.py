@@ -18,6 +18,7 @@ at a 1280 px and at a 400 px wide viewport. A page fails on
                   size to fit (its text then reads at under half its size: 10 pt at 100 dpi below 7 px);
 ``math``          an equation MathJax did not typeset (its TeX, e.g. ``\\(``, ``$$`` or ``\\begin{``, is visible,
                   or MathJax shows an error), MathJax that did not load, or MathJax loaded from a CDN;
+``heavy-image``   an image file over 300 kB;
 ``wide-equation`` a display equation wider than the content column: at a desktop width (>= 1000 px) always, at
                   a phone width when it is cut off instead of scrolling.
 
@@ -59,9 +60,10 @@ VIEWPORTS = (1280, 400)
 DESKTOP = 1000  # viewports at least this wide are desktops: every display equation must fit their column
 VIEWPORT_HEIGHT = 900
 SCREENSHOT_MAX_HEIGHT = 16000  # css px; taller pages are cut (Chromium's capture limit is about 16k)
+MAX_IMAGE_BYTES = 300_000  # an image file of the built book is at most this large
 MIN_SCALE = 0.5  # a figure shown at less than this fraction of its drawn width is too wide for the column
 CHECKS = ("broken-image", "broken-link", "raw-glue", "posixpath", "text-table", "wide-figure", "math",
-          "wide-equation")
+          "wide-equation", "heavy-image")
 
 # highlight languages whose <pre> blocks are source code, not printed output (aligned comments are not tables)
 CODE_LANGUAGES = {"python", "python3", "ipython", "ipython3", "py", "pycon", "bash", "sh", "shell", "console",
@@ -218,6 +220,10 @@ def static_findings(html: str, page: str, root: Path | None = None) -> list[Find
                 target, _ = _resolve(path, src, root)
                 if target is None or not target.is_file():
                     add("broken-image", f"<img src={src!r}>: no such file")
+                elif target.stat().st_size > MAX_IMAGE_BYTES:
+                    add("heavy-image", f"<img src={src!r}> {_section(img)} is {target.stat().st_size / 1e3:.0f} kB "
+                                       f"(at most {MAX_IMAGE_BYTES / 1e3:.0f} kB: a phone loads every figure); draw it "
+                                       "smaller (figsize, fewer panels) or at a lower dpi")
         assets = [(t.get("src"), "script") for t in soup.find_all("script", src=True)]
         assets += [(t.get("href"), "stylesheet") for t in soup.find_all("link", href=True)
                    if "stylesheet" in (t.get("rel") or [])]
