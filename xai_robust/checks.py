@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 __all__ = ["check_images", "check_model_input", "check_dtype", "known_outputs", "output_size", "check_training_data",
-           "check_finite", "check_number", "check_count", "check_labels", "check_target", "check_baseline"]
+           "check_finite", "check_number", "check_count", "check_labels", "check_target", "check_baseline",
+           "check_features"]
 
 
 def check_images(x, name: str = "x", *, channels=None) -> None:
