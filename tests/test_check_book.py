@@ -143,6 +143,12 @@ def test_text_table_reasons():
         assert cb.text_table_reason(text) is None, text
 
 
+def test_code_that_names_glue_is_not_a_raw_role():
+    html = PAGE.format(head="", body='<pre>rec(K.acc, v, glue=f"{glued}_acc")</pre><p>{glue:text}`x` left raw</p>')
+    findings = cb.static_findings(html, "code.html")
+    assert [f.check for f in findings] == ["raw-glue"] and "left raw" in findings[0].message
+
+
 def test_code_cells_are_not_text_tables(site):
     html = PAGE.format(head="", body='<div class="cell_input"><div class="highlight-ipython3"><pre>'
                                      'a = 1      # one\nbb = 22    # two\nccc = 333  # three\n</pre></div></div>')

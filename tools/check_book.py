@@ -248,8 +248,10 @@ def static_findings(html: str, page: str, root: Path | None = None) -> list[Find
     for tag in soup(["script", "style", "template"]):
         tag.decompose()
     text = soup.get_text()
-    for needle, check in (("{glue", "raw-glue"), ("PosixPath(", "posixpath")):
-        for m in re.finditer(re.escape(needle), text):
+    # a raw role is {glue}`…` or {glue:text}`…` (code such as glue=f"{glued}" is not one)
+    for needle, pattern, check in (("{glue", r"\{glue(:[a-z]+)?\}", "raw-glue"),
+                                   ("PosixPath(", re.escape("PosixPath("), "posixpath")):
+        for m in re.finditer(pattern, text):
             add(check, f"{needle!r} in the text: …{_context(text, m.start())}…")
     for i, pre in enumerate(soup.find_all("pre")):
         if _code_block(pre):
