@@ -1,13 +1,12 @@
 """Tests of Neuro-Activated Superpixels (xai_robust.nas; NAS Algorithm 1; chapter 07)."""
 import pytest
 import torch
-import torch.nn.functional as F
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.image import grid_to_graph
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
-from xai_robust import nas
+from xai_robust import kmeans, models, nas
 
 torch.set_num_threads(1)
 
@@ -78,18 +77,6 @@ def assert_same(a, b):
         assert torch.equal(a["state"][k], b["state"][k]), k
 
 
-# --------------------------------------------------------------------------------------------- upsampling
-@pytest.mark.parametrize("mode", ["bicubic", "bilinear", "nearest"])
-def test_upsample_matrix_and_norms_match_interpolate(mode):
-    a = torch.randn(2, 5, 6, 7, dtype=torch.float64)
-    uy = nas.upsample_matrix(6, 23, mode, dtype=torch.float64)
-    ux = nas.upsample_matrix(7, 19, mode, dtype=torch.float64)
-    kw = {} if mode == "nearest" else {"align_corners": False}
-    up = F.interpolate(a, size=(23, 19), mode=mode, **kw)
-    torch.testing.assert_close(uy @ a @ ux.T, up)
-    torch.testing.assert_close(nas._upsampled_sq_norms(a, uy, ux), (up ** 2).sum(1))
-
-
 # --------------------------------------------------------------------------------------------- exactness
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("weight", [True, False])
@@ -99,9 +86,9 @@ def test_fast_path_equals_direct_given_same_init(normalize, weight):
             torch.randn(3, 6, 4, 4, generator=g, dtype=torch.float64).relu(),
             torch.randn(3, 9, 2, 2, generator=g, dtype=torch.float64)]
     size = (32, 28)
-    fast = nas._LowRes(acts, size, normalize=normalize, weight_by_channels=weight)
+    fast = kmeans._LowRes(acts, size, normalize=normalize, weight_by_channels=weight)
     dense = nas._features_from_activations(acts, size, normalize=normalize, weight_by_channels=weight)
-    direct = nas._Dense(dense)
+    direct = kmeans._Dense(dense)
     # every building block is an exact re-ordering
     torch.testing.assert_close(fast.sq_norm, direct.sq_norm)
     idx = torch.randint(size[0] * size[1], (3, 5), generator=g)
@@ -114,8 +101,8 @@ def test_fast_path_equals_direct_given_same_init(normalize, weight):
     keep = torch.tensor([2, 0])
     torch.testing.assert_close(fast.subset(keep).dots(centers[keep]), direct.dots(centers)[keep])
     # hence k-means from the same initial pixels returns the same labels and inertia
-    l_fast, i_fast = nas.kmeans_pixels(fast, 5, init_pixels=idx)
-    l_direct, i_direct = nas.kmeans_pixels(direct, 5, init_pixels=idx)
+    l_fast, i_fast = kmeans.kmeans_pixels(fast, 5, init_pixels=idx)
+    l_direct, i_direct = kmeans.kmeans_pixels(direct, 5, init_pixels=idx)
     assert torch.equal(l_fast, l_direct)
     torch.testing.assert_close(i_fast, i_direct)
     assert len(torch.unique(l_fast)) > 1
@@ -144,21 +131,6 @@ def test_direct_features_follow_algorithm_1():
 
 
 # --------------------------------------------------------------------------------------------- recovery
-def test_kmeans_recovers_planted_regions_from_low_resolution_activations():
-    # synthetic activations: 3 blocks at 8×8 with distinct prototype vectors plus noise, upsampled to 32×32
-    g = torch.Generator().manual_seed(0)
-    proto = torch.randn(3, 16, generator=g) * 3
-    lab = torch.zeros(8, 8, dtype=torch.long)
-    lab[4:, :4] = 1
-    lab[4:, 4:] = 2
-    a = (proto[lab].permute(2, 0, 1) + 0.3 * torch.randn(16, 8, 8, generator=g))[None].repeat(2, 1, 1, 1)
-    feats = nas._LowRes([a], (32, 32))
-    labels, _ = nas.kmeans_pixels(feats, 3, seed=0, n_init=3)
-    truth = lab.repeat_interleave(4, 0).repeat_interleave(4, 1)
-    for i in range(2):
-        assert adjusted_rand_score(truth.flatten(), labels[i].flatten()) > 0.9
-
-
 def test_nas_recovers_planted_regions_kmeans_and_ward():
     model = Planted()
     x, truth = planted_images(3)
@@ -198,7 +170,7 @@ def test_ward_deterministic_and_equal_to_sklearn():
 
 def test_labels_are_canonical():
     labels = torch.tensor([[[2, 2, 0], [1, 0, 0]]])
-    assert torch.equal(nas._relabel(labels, 3), torch.tensor([[[0, 0, 1], [2, 1, 1]]]))
+    assert torch.equal(nas._first_appearance_ids(labels, 3), torch.tensor([[[0, 0, 1], [2, 1, 1]]]))
 
 
 # --------------------------------------------------------------------------------------------- model untouched
@@ -247,6 +219,108 @@ def test_bad_input_errors():
         nas.neuro_activated_superpixels(model, x, ["fc"])  # not a feature map
 
 
+# --------------------------------------------------------------------------------------------- the optimised forward
+def with_statistics(model, seed=0):
+    """Non-trivial BatchNorm running statistics and affine parameters (what folding must carry)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(0.3 * torch.randn(c, generator=g))
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(0.2 * torch.randn(c, generator=g))
+    return model
+
+
+ARCHS = {
+    "tiny": (lambda: Tiny(), ["stem", "layer1", "layer2"]),
+    "small_resnet": (lambda: models.build("small_resnet", 3, seed=0), ["layer1", "layer2", "layer3"]),
+    "resnet18": (lambda: models.build("resnet18", 3, seed=0, small_input=False), ["maxpool", "layer2", "layer4"]),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_optimised_forward_equals_the_plain_one(arch, monkeypatch):
+    """Folded BatchNorm and channels-last input: the same activations (float64) and NAS labels as the plain
+    forward pass of the model itself; every BatchNorm of these models folds."""
+    build, layers = ARCHS[arch]
+    model = with_statistics(build()).double().eval()
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    net = nas._folded(model, layers)
+    assert net is not None and not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model keeps its own
+    plain = nas._activations(model, x, layers, optimize=False)
+    fast = nas.layer_activations(model, x, layers)
+    for p, q in zip(plain, fast, strict=True):
+        assert q.is_contiguous() and q.shape == p.shape
+        torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12)
+    a = nas.neuro_activated_superpixels(model, x, layers, 4, seed=0)
+    real = nas._activations
+    monkeypatch.setattr(nas, "_activations", lambda *args, **kw: real(*args, **{**kw, "optimize": False}))
+    b = nas.neuro_activated_superpixels(model, x, layers, 4, seed=0)
+    assert torch.equal(a, b)
+
+
+def test_folded_copy_follows_the_model_and_never_changes_it():
+    model = with_statistics(Tiny()).double().train()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    layers = ["layer1", "layer2"]
+    before = snapshot(model)
+    a = nas.layer_activations(model, x, layers)
+    assert_same(before, snapshot(model))
+    assert isinstance(model.layer1[1], nn.BatchNorm2d) and model.training
+    net = nas._folded(model, layers)
+    assert nas._folded(model, layers) is net  # cached while nothing changes
+    with torch.no_grad():
+        model.layer1[1].running_mean.add_(1.0)  # an in-place change of a buffer
+    b = nas.layer_activations(model, x, layers)
+    assert nas._folded(model, layers) is not net
+    assert not torch.allclose(a[0], b[0])
+    torch.testing.assert_close(b[0], nas._activations(model, x, layers, optimize=False)[0])
+    model.layer1[1].eps = 0.5  # a plain attribute
+    torch.testing.assert_close(nas.layer_activations(model, x, layers)[0],
+                               nas._activations(model, x, layers, optimize=False)[0])
+    model.layer1[0].weight = nn.Parameter(torch.randn_like(model.layer1[0].weight))  # a new parameter
+    torch.testing.assert_close(nas.layer_activations(model, x, layers)[1],
+                               nas._activations(model, x, layers, optimize=False)[1])
+
+
+def test_which_batchnorms_fold():
+    r18 = models.build("resnet18", 3, seed=0, small_input=False)
+    pairs = nas._fold_pairs(r18, ["layer4"])
+    assert len(pairs) == 1 + 8 * 2 + 3  # the stem, two per block, three projection shortcuts
+    assert ("layer1.0", "conv1", "bn1") in pairs and ("layer2.0.downsample", "0", "1") in pairs
+    # a requested convolution keeps the BatchNorm after it (its own output is wanted)
+    assert ("layer1.0", "conv1", "bn1") not in nas._fold_pairs(r18, ["layer1.0.conv1"])
+
+    class OwnForward(models.BasicBlock):  # a subclass may feed conv1's output elsewhere too
+        def forward(self, x):
+            y = self.conv1(x)
+            return self.bn1(y) + y
+
+    assert nas._fold_pairs(OwnForward(4, 4, 1), ["bn1"]) == []
+    tiny = Tiny()
+    handle = tiny.layer1.register_forward_hook(lambda *args: None)  # a user's hook sees the model's own forward
+    assert nas._folded(tiny, ["layer2"]) is None
+    handle.remove()
+    assert nas._folded(tiny, ["layer2"]) is not None
+    tiny.note = ["a list"]  # state a copy could not follow
+    assert nas._folded(tiny, ["layer2"]) is None
+
+
+def test_folded_forward_stops_after_last_layer():
+    class Boom(nn.Module):
+        def forward(self, x):
+            raise AssertionError("ran past the last requested layer")
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), Boom())
+    assert nas._folded(model, ["2"]) is not None
+    seg = nas.neuro_activated_superpixels(model, torch.rand(1, 3, 8, 8), ["2"], 2)
+    assert seg.shape == (1, 8, 8)
+
+
 # --------------------------------------------------------------------------------------------- class-wise
 def test_class_clustering_transfers_to_new_images():
     model = Planted()
@@ -261,21 +335,6 @@ def test_class_clustering_transfers_to_new_images():
     assert pred[0][truth[0] == 0].mode().values == pred[1][truth[1] == 0].mode().values
     with pytest.raises(ValueError, match="fit"):
         nas.ClassClustering(model, ["feat"]).predict(x_new)
-
-
-def test_kmeans_matches_scikit_learn_lloyd_from_the_same_centroids():
-    from sklearn.cluster import KMeans
-
-    g = torch.Generator().manual_seed(4)
-    feats = torch.randn(2, 6, 12, 12, generator=g, dtype=torch.float64)
-    feats[:, :, :6] += 2.0
-    idx = torch.randint(144, (2, 4), generator=g)
-    labels, inertia = nas.kmeans_pixels(feats, 4, init_pixels=idx, tol=0.0, max_iter=300)
-    for i in range(2):
-        pts = feats[i].reshape(6, -1).T.numpy()
-        ref = KMeans(4, init=pts[idx[i].numpy()], n_init=1, algorithm="lloyd", tol=0.0, max_iter=300).fit(pts)
-        assert adjusted_rand_score(ref.labels_, labels[i].flatten().numpy()) == pytest.approx(1.0)
-        assert float(inertia[i]) == pytest.approx(ref.inertia_, rel=1e-9)
 
 
 def test_cluster_saliency_and_overlap_hand_computed():
@@ -298,86 +357,6 @@ def test_cluster_saliency_and_overlap_hand_computed():
         nas.cluster_saliency(sal, labels, 2)
     with pytest.raises(ValueError, match="shape"):
         nas.cluster_saliency(sal[:, :1], labels, 3)
-
-
-# --------------------------------------------------------------------------------------------- CPU kernels
-def _mixed_acts(dtype, seed=2):
-    """Activations at four resolutions for a 20×18 output: two upsampled, one at the output's resolution (an
-    identity 'upsampling') and one larger (downsampled)."""
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(3, 5, 7, 6, generator=g, dtype=dtype),
-            torch.randn(3, 7, 3, 4, generator=g, dtype=dtype).relu(),
-            torch.randn(3, 4, 20, 18, generator=g, dtype=dtype),
-            torch.randn(3, 3, 26, 23, generator=g, dtype=dtype)]
-
-
-@pytest.mark.parametrize("upsample", ["bicubic", "bilinear", "nearest"])
-@pytest.mark.parametrize("normalize", [True, False])
-def test_cpu_kernels_equal_the_pytorch_path(monkeypatch, upsample, normalize):
-    """The numba kernels (k-means++ and Lloyd, one image per task) and the batched PyTorch path make the same
-    seeding picks, labels and inertia (float64)."""
-    pytest.importorskip("numba")
-    size = (20, 18)
-    feats = nas._LowRes(_mixed_acts(torch.float64), size, upsample=upsample, normalize=normalize)
-    calls = []
-    real = nas._kernels
-    monkeypatch.setattr(nas, "_kernels", lambda: calls.append(1) or real())
-    idx_k = nas._kmeans_pp_init(feats, 5, torch.Generator().manual_seed(3))
-    lab_k, in_k = nas.kmeans_pixels(feats, 5, seed=3)
-    assert calls, "the CPU kernels were not used"
-    monkeypatch.setattr(nas, "_kernels", lambda: None)
-    idx_t = nas._kmeans_pp_init(feats, 5, torch.Generator().manual_seed(3))
-    lab_t, in_t = nas.kmeans_pixels(feats, 5, seed=3)
-    assert torch.equal(idx_k, idx_t)
-    assert torch.equal(lab_k, lab_t)
-    torch.testing.assert_close(in_k, in_t)
-    for max_iter in (0, 1, 3):  # the same stopping, image by image
-        init = idx_t
-        a = nas._lloyd(feats, init, max_iter)
-        monkeypatch.setattr(nas, "_kernels", real)
-        b = nas._lloyd(feats, init, max_iter)
-        monkeypatch.setattr(nas, "_kernels", lambda: None)
-        assert torch.equal(a[0], b[0])
-        torch.testing.assert_close(a[1], b[1])
-
-
-def test_cpu_kernel_matches_scikit_learn_lloyd_on_nas_features():
-    """Independent reference for the kernel path: scikit-learn's Lloyd on the materialised features."""
-    from sklearn.cluster import KMeans
-
-    pytest.importorskip("numba")
-    acts = _mixed_acts(torch.float64, seed=5)
-    size = (20, 18)
-    feats = nas._LowRes(acts, size)
-    dense = nas._features_from_activations(acts, size)
-    idx = torch.randint(size[0] * size[1], (3, 4), generator=torch.Generator().manual_seed(6))
-    labels, inertia = nas.kmeans_pixels(feats, 4, init_pixels=idx, tol=0.0, max_iter=300)
-    for i in range(3):
-        pts = dense[i].reshape(dense.shape[1], -1).T.numpy()
-        ref = KMeans(4, init=pts[idx[i].numpy()], n_init=1, algorithm="lloyd", tol=0.0, max_iter=300).fit(pts)
-        assert adjusted_rand_score(ref.labels_, labels[i].flatten().numpy()) == pytest.approx(1.0)
-        assert float(inertia[i]) == pytest.approx(ref.inertia_, rel=1e-9)
-
-
-def test_cpu_kernels_float32_agree_with_float64():
-    pytest.importorskip("numba")
-    acts = _mixed_acts(torch.float64, seed=7)
-    a = nas.kmeans_pixels(nas._LowRes(acts, (20, 18)), 4, seed=1)[0]
-    b = nas.kmeans_pixels(nas._LowRes([t.float() for t in acts], (20, 18)), 4, seed=1)[0]
-    assert (a == b).float().mean() > 0.99
-
-
-def test_cpu_kernels_fall_back_to_pytorch_for_unsupported_upsampling():
-    """An upsampling with more than 4 taps per output row (none of PyTorch's modes) runs the PyTorch path."""
-    acts = _mixed_acts(torch.float64, seed=8)[:2]
-    feats = nas._LowRes(acts, (20, 18))
-    assert nas._use_kernels(feats) is (nas._kernels() is not None)
-    a, uy, ux, s = feats.blocks[0]
-    feats.blocks[0] = (a, torch.full_like(uy, 1 / uy.shape[1]), ux, s)  # every output row mixes all input rows
-    feats = nas._LowRes.subset(feats, torch.arange(3))  # a fresh object (no cached kernel layout)
-    assert not nas._use_kernels(feats)
-    labels, inertia = nas.kmeans_pixels(feats, 4, seed=0)
-    assert labels.shape == (3, 20, 18) and torch.isfinite(inertia).all()
 
 
 # --------------------------------------------------------------------------------------------- the API boundary
@@ -489,12 +468,12 @@ BAD_CALLS = [
     ("non-finite input", lambda m: nas.layer_activations(m, _planted(NX, INF), LAYERS), ValueError, r"x holds NaN"),
     ("non-finite input", lambda m: nas.nas_features(m, _planted(NX, -INF), LAYERS), ValueError, r"x holds NaN"),
     ("non-finite input", lambda m: nas.class_clusters(m, _planted(NX, NAN), LAYERS, 3), ValueError, r"x holds NaN"),
-    ("non-finite input", lambda m: nas.kmeans_pixels(_planted(FEATS, INF), 3), ValueError, r"features holds NaN"),
+    ("non-finite input", lambda m: kmeans.kmeans_pixels(_planted(FEATS, INF), 3), ValueError, r"features holds NaN"),
     ("non-finite input", lambda m: nas.cluster_saliency(_planted(SAL, NAN), LABELS, 3), ValueError,
      r"saliency holds NaN"),
     ("non-finite input", lambda m: nas.cluster_overlap(LABELS, _planted(SAL, INF), 3), ValueError, r"masks holds NaN"),
-    ("non-finite option", lambda m: nas.kmeans_pixels(FEATS, 3, tol=NAN), ValueError, r"tol must be finite"),
-    ("non-finite option", lambda m: nas.kmeans_pixels(FEATS, 3, tol=-1e-4), ValueError, r"tol must be >= 0"),
+    ("non-finite option", lambda m: kmeans.kmeans_pixels(FEATS, 3, tol=NAN), ValueError, r"tol must be finite"),
+    ("non-finite option", lambda m: kmeans.kmeans_pixels(FEATS, 3, tol=-1e-4), ValueError, r"tol must be >= 0"),
     ("bad option", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, fast="yes"), TypeError, r"fast must be"),
     ("bad option", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, size=True), ValueError, r"size must be"),
     ("bad option", lambda m: nas.ClassClustering(m, LAYERS, size=(4, 0)), ValueError, r"size must be"),
@@ -508,19 +487,19 @@ BAD_CALLS = [
      r"x has dtype torch\.float64 but the model's parameters are torch\.float32"),
     ("dtype mismatch", lambda m: nas.nas_features(m, NX.half(), LAYERS), TypeError,
      r"x has dtype torch\.float16 but the model's parameters are torch\.float32"),
-    ("dtype mismatch", lambda m: nas.kmeans_pixels(FEATS.long(), 3), TypeError, r"features must be a floating"),
+    ("dtype mismatch", lambda m: kmeans.kmeans_pixels(FEATS.long(), 3), TypeError, r"features must be a floating"),
     ("dtype mismatch", lambda m: nas.cluster_saliency(SAL, LABELS.float(), 3), TypeError,
      r"labels must hold integer"),
     ("missing batch dim", lambda m: nas.neuro_activated_superpixels(m, NX[0], LAYERS), ValueError,
      r"x\.unsqueeze\(0\)"),
     ("missing batch dim", lambda m: nas.layer_activations(m, NX[0], LAYERS), ValueError, r"x\.unsqueeze\(0\)"),
-    ("missing batch dim", lambda m: nas.kmeans_pixels(FEATS[0], 3), ValueError, r"features\.unsqueeze\(0\)"),
+    ("missing batch dim", lambda m: kmeans.kmeans_pixels(FEATS[0], 3), ValueError, r"features\.unsqueeze\(0\)"),
     ("missing batch dim", lambda m: nas.cluster_saliency(SAL[0], LABELS[0], 3), ValueError,
      r"saliency\.unsqueeze\(0\)"),
     ("missing batch dim", lambda m: nas.cluster_overlap(LABELS[0], SAL[0], 3), ValueError, r"labels\.unsqueeze\(0\)"),
     ("empty batch", lambda m: nas.neuro_activated_superpixels(m, NX[:0], LAYERS), ValueError, r"x is an empty batch"),
     ("empty batch", lambda m: nas.nas_features(m, NX[:0], LAYERS), ValueError, r"x is an empty batch"),
-    ("empty batch", lambda m: nas.kmeans_pixels(FEATS[:0], 3), ValueError, r"features is empty"),
+    ("empty batch", lambda m: kmeans.kmeans_pixels(FEATS[:0], 3), ValueError, r"features is empty"),
     ("empty batch", lambda m: nas.cluster_saliency(SAL[:0], LABELS[:0], 3), ValueError, r"saliency is an empty"),
     ("empty batch", lambda m: nas.cluster_overlap(LABELS[:0], SAL[:0], 3), ValueError, r"labels is an empty"),
     ("bad count", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, 1.5), TypeError,
@@ -530,9 +509,9 @@ BAD_CALLS = [
     ("bad count", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, max_iter=0), ValueError, r"max_iter"),
     ("bad count", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, batch_size=0), ValueError, r"batch_size"),
     ("bad count", lambda m: nas.neuro_activated_superpixels(m, NX, LAYERS, seed=1.5), TypeError, r"seed"),
-    ("bad count", lambda m: nas.kmeans_pixels(FEATS, 2.0), TypeError, r"n_clusters must be an int"),
-    ("bad count", lambda m: nas.kmeans_pixels(FEATS, 3, n_init=0), ValueError, r"n_init"),
-    ("bad count", lambda m: nas.kmeans_pixels(FEATS, 3, max_iter=2.5), TypeError, r"max_iter"),
+    ("bad count", lambda m: kmeans.kmeans_pixels(FEATS, 2.0), TypeError, r"n_clusters must be an int"),
+    ("bad count", lambda m: kmeans.kmeans_pixels(FEATS, 3, n_init=0), ValueError, r"n_init"),
+    ("bad count", lambda m: kmeans.kmeans_pixels(FEATS, 3, max_iter=2.5), TypeError, r"max_iter"),
     ("bad count", lambda m: nas.class_clusters(m, NX, LAYERS, 0), ValueError, r"n_clusters"),
     ("bad count", lambda m: nas.ClassClustering(m, LAYERS, n_pixels=10.5), TypeError, r"n_pixels"),
     ("bad count", lambda m: nas.ClassClustering(m, LAYERS, n_neighbors=0), ValueError, r"n_neighbors"),
@@ -540,20 +519,20 @@ BAD_CALLS = [
      r"n_neighbors=5 exceeds the 4 sampled pixels"),
     ("bad count", lambda m: nas.class_clusters(m, NX[:1], LAYERS, 5, size=2), ValueError,
      r"n_clusters=5 exceeds the 4 sampled pixels"),
-    ("bad count", lambda m: nas.upsample_matrix(0, 4), ValueError, r"n_in"),
+    ("bad count", lambda m: kmeans.upsample_matrix(0, 4), ValueError, r"n_in"),
     ("bad count", lambda m: nas.cluster_saliency(SAL, LABELS, 2.5), TypeError, r"n_clusters"),
     ("bad target", lambda m: nas.cluster_saliency(SAL, LABELS, 2), ValueError, r"labels must lie in 0\.\.1"),
     ("bad target", lambda m: nas.cluster_saliency(SAL, LABELS[:1], 3), ValueError, r"labels of shape \(1, 2, 2\)"),
     ("bad target", lambda m: nas.cluster_overlap(LABELS - 1, SAL, 3), ValueError, r"labels must lie in 0\.\.2"),
-    ("bad target", lambda m: nas.kmeans_pixels(FEATS, 3, init_pixels=torch.tensor([[0, 1, 36], [0, 1, 2]])),
+    ("bad target", lambda m: kmeans.kmeans_pixels(FEATS, 3, init_pixels=torch.tensor([[0, 1, 36], [0, 1, 2]])),
      ValueError, r"init_pixels must be flat pixel indices in \[0, 36\)"),
-    ("bad target", lambda m: nas.kmeans_pixels(FEATS, 3, init_pixels=torch.zeros(2, 3)), TypeError,
+    ("bad target", lambda m: kmeans.kmeans_pixels(FEATS, 3, init_pixels=torch.zeros(2, 3)), TypeError,
      r"init_pixels must hold integer"),
-    ("bad target", lambda m: nas.kmeans_pixels(FEATS, 3, init_pixels=torch.zeros(2, 2, dtype=torch.long)), ValueError,
-     r"init_pixels must have shape"),
+    ("bad target", lambda m: kmeans.kmeans_pixels(FEATS, 3, init_pixels=torch.zeros(2, 2, dtype=torch.long)),
+     ValueError, r"init_pixels must have shape"),
     ("not a model", lambda m: nas.neuro_activated_superpixels(None, NX, LAYERS), TypeError, r"model must be"),
     ("not a model", lambda m: nas.ClassClustering("resnet", LAYERS), TypeError, r"model must be"),
-    ("not features", lambda m: nas.kmeans_pixels(FEATS.numpy(), 3), TypeError, r"features must be"),
+    ("not features", lambda m: kmeans.kmeans_pixels(FEATS.numpy(), 3), TypeError, r"features must be"),
 ]
 
 

@@ -19,9 +19,9 @@ __version__ = "0.1.0"
 __all__ = ["device", "seed_everything", "cache_dir", "results_dir", "save_results", "load_results", "seed_spread",
            "progress"]
 
-_SUBMODULES = {"attribution", "checks", "cluster", "data", "dfr", "distributed", "grouped", "isnet", "losses", "lrp",
-               "metrics", "models", "nas", "nas_eval", "paper", "pretrain", "profiles", "references", "results", "sca",
-               "superpixels", "train", "viz"}
+_SUBMODULES = {"attribution", "checks", "cluster", "data", "dfr", "distributed", "grouped", "isnet", "kmeans",
+               "losses", "lrp", "metrics", "models", "nas", "nas_eval", "paper", "pretrain", "profiles", "references",
+               "results", "sca", "superpixels", "train", "viz"}
 
 
 def __getattr__(name):  # lazy submodule import (PEP 562)
