@@ -6,11 +6,16 @@ the super-pixel algorithms (paid once per image, before any explanation).
 
 Usage::
 
-    .venv/bin/python benchmarks/grouped_speed.py [--arch resnet18] [--batch 32] [--size 64] [--repeats 7]
+    .venv/bin/python benchmarks/grouped_speed.py [--arch resnet18] [--batch 32] [--size 64] [--repeats 11]
+    .venv/bin/python benchmarks/grouped_speed.py --json grouped.json [--device cuda]
+
+``--json PATH`` writes the settings, the ratios and the median times (seconds; absolute times mean something on a
+GPU). The plain and the grouped gradient are interleaved (load on a shared machine hits both alike).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -45,12 +50,14 @@ def main(argv=None):
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", default=None, help="write settings, ratios and median times here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     global CLOCK
     CLOCK = time.perf_counter if device.type == "cuda" else time.process_time
@@ -108,6 +115,17 @@ def main(argv=None):
         print(f"  segmentation {method:<13} {t * 1e3:8.1f} ms for the batch (once per image, CPU)")
     ratio = tg / tp
     print(f"cost ratio grouped / plain gradient: {ratio:.3f}  (target <= 1.05: {'met' if ratio <= 1.05 else 'MISSED'})")
+    if args.json:
+        settings = {"arch": args.arch, "batch": args.batch, "size": args.size, "repeats": args.repeats,
+                    "threads": torch.get_num_threads(),
+                    "clock": "wall clock" if device.type == "cuda" else "process CPU time"}
+        ratios = {"grouped_over_plain_gradient": ratio, "captum_saliency_over_plain_gradient": tc / tp,
+                  "segment_averaging_over_plain_gradient": ta / tp}
+        times = {"plain_gradient": tp, "grouped_gradient": tg, "captum_saliency": tc, "segment_averaging": ta,
+                 **{f"segmentation_{m}_batch": t for m, t in seg_times.items()}}
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "grouped_speed", "device": str(device), "settings": settings, "ratios": ratios,
+                       "times_s": times}, f, indent=1)
     return ratio
 
 

@@ -14,7 +14,8 @@ heatmaps are made for each training image (§II-B, §II-F):
     one LRP-ε heatmap of the highest logit with probability 1/2, otherwise of another class drawn
     uniformly (§II-F.3; the paper's rule, not the official code's 5/11);
 ``"dual"``
-    the joint LRP-ε map (every logit seeded with its value) and the joint LRP-z⁺ map (§II-F.1);
+    the joint LRP-ε map (every logit seeded with its value) and the joint LRP-z⁺ map (§II-F.1), both from one
+    forward pass (:func:`xai_robust.lrp.lrp_flex_maps`);
 ``"gradxinput"``
     the *ISNet Softmax Grad*Input* ablation: Gradient×Input of every softmax output (one per class).
 
@@ -52,7 +53,7 @@ from .checks import (
 )
 
 __all__ = ["VARIANTS", "isnet_heatmaps", "isnet_loss", "rrr_loss", "estimate_ranges", "fit", "warmup",
-           "stochastic_targets", "step_time"]
+           "stochastic_targets", "step_time", "step_function"]
 
 VARIANTS = ("original", "selective", "stochastic", "dual", "gradxinput")
 ZPLUS = "zplus:"  # key prefix of the Dual ISNet's LRP-z+ maps
@@ -191,9 +192,13 @@ def _heatmaps(model, x, target=None, *, variant, logits=None, epsilon=0.01, mu=0
         if target is None:
             target = stochastic_targets(logits, generator) if logits is not None else "stochastic"
         fwd = put("", *_lrp(model, x, target, layers=layers, quantity="logit", generator=generator, **opts), 1)
-    else:  # dual
-        fwd = put("", *_lrp(model, x, None, layers=layers, quantity="joint", rule="epsilon", **opts), 1)
-        put(ZPLUS, *_lrp(model, x, None, layers=layers, quantity="joint", rule="zplus", **opts), 1)
+    else:  # dual: both joint maps from one forward pass (lrp.lrp_flex_maps), its backward shared too
+        from .lrp import lrp_flex_maps
+
+        eps_map, zplus_map = lrp_flex_maps(model, x, None, rules=("epsilon", "zplus"), layers=layers or None,
+                                           quantity="joint", **opts)
+        fwd = put("", eps_map.heatmap, dict(eps_map.relevances), eps_map.logits, 1)
+        put(ZPLUS, zplus_map.heatmap, dict(zplus_map.relevances), zplus_map.logits, 1)
     return out, fwd
 
 
@@ -536,17 +541,33 @@ def fit(model: nn.Module, dataset, *, variant: str, epochs: int, lr: float, P=0.
     return model
 
 
-def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, *, variant: str,
-              repeats: int = 3, warmup_steps: int = 1, seed: int = 0, **loss_options) -> float:
-    """Median wall-clock seconds of one training step (forward, loss, backward, clipped SGD step).
+def step_function(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, *, variant: str,
+                  seed: int = 0, **loss_options) -> Callable[[], None]:
+    """One training step (forward, loss, backward, clipped SGD step) of ``model`` on a fixed batch, as a callable.
 
-    ``variant="standard"`` is a plain cross-entropy step; the ISNet variants use :func:`isnet_loss` with a
-    fixed range (1, 25) unless ``ranges`` is given. The model is trained in place (it is a timing
-    model). Faster ISNet Fig. 5; chapter 03 and ``benchmarks/isnet_classes.py``.
+    ``variant="standard"`` is a plain cross-entropy step (``loss_options`` ignored); ``"rrr"`` the RRR baseline; the
+    ISNet variants use :func:`isnet_loss` (``P=0.7`` and a fixed range (1, 25) unless given; its ``batchnorm``
+    default is ``"frozen"``). The model is put in training mode and trained in place (a timing model). What
+    :func:`step_time` and ``benchmarks/isnet_classes.py`` (interleaving the variants) time. Faster ISNet Fig. 5;
+    chapter 03.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model to train (in place).
+    x, y, masks : Tensor
+        The batch: images, labels and foreground masks.
+    variant : {"standard", "rrr", "original", "selective", "stochastic", "dual", "gradxinput"}
+    seed : int
+        Seed of the generator of the Stochastic ISNet's class draws.
+    **loss_options
+        Passed to :func:`isnet_loss` (``P``, ``ranges``, ``batchnorm``, ...).
+
+    Returns
+    -------
+    callable
+        ``step()``: one SGD step (lr 1e-4, momentum 0.9, gradients clipped at norm 1); it returns None.
     """
-    import statistics
-    import time
-
     if variant not in VARIANTS + ("standard", "rrr"):
         raise ValueError(f"variant must be 'standard', 'rrr' or one of {VARIANTS}, got {variant!r}")
     loss_options.setdefault("ranges", (1.0, 25.0))
@@ -567,6 +588,35 @@ def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.T
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+    return one
+
+
+def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, *, variant: str,
+              repeats: int = 3, warmup_steps: int = 1, seed: int = 0, **loss_options) -> float:
+    """Median wall-clock seconds of one training step (forward, loss, backward, clipped SGD step).
+
+    ``variant="standard"`` is a plain cross-entropy step; the ISNet variants use :func:`isnet_loss` with a
+    fixed range (1, 25) unless ``ranges`` is given. The model is trained in place (it is a timing
+    model); the step is :func:`step_function`'s. Faster ISNet Fig. 5; chapter 03 and ``benchmarks/isnet_classes.py``.
+
+    Parameters
+    ----------
+    model, x, y, masks, variant, seed, **loss_options
+        As in :func:`step_function`.
+    repeats : int
+        Timed steps (the median is returned).
+    warmup_steps : int
+        Untimed steps first.
+
+    Returns
+    -------
+    float
+        Median seconds per step.
+    """
+    import statistics
+    import time
+
+    one = step_function(model, x, y, masks, variant=variant, seed=seed, **loss_options)
 
     def sync():
         if x.is_cuda:

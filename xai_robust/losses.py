@@ -59,13 +59,33 @@ def gwrp(x: torch.Tensor, d: float) -> torch.Tensor:
         raise ValueError(f"x must have a non-empty last dimension to pool over, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
-    check_finite(x, "x")
-    d = check_number(d, "d", low=0.0, high=1.0)
+    _check_finite(x, "x")
+    return _gwrp(x, check_number(d, "d", low=0.0, high=1.0))
+
+
+_WEIGHTS: dict = {}
+
+
+def _gwrp(x: torch.Tensor, d: float) -> torch.Tensor:
+    """:func:`gwrp` of checked arguments; the weights of each (d, n, dtype, device) are built once."""
     n = x.shape[-1]
-    # d**0 = 1 also for d = 0, so d = 0 keeps only the maximum.
-    weights = torch.tensor([d ** i for i in range(n)], dtype=x.dtype, device=x.device)
+    key = (d, n, x.dtype, x.device)
+    weights = _WEIGHTS.get(key)
+    if weights is None:
+        # d**0 = 1 also for d = 0, so d = 0 keeps only the maximum.
+        weights = torch.tensor([d ** i for i in range(n)], dtype=x.dtype, device=x.device)
+        if len(_WEIGHTS) > 64:
+            _WEIGHTS.clear()
+        _WEIGHTS[key] = weights
     ranked = torch.sort(x, dim=-1, descending=True).values
     return (ranked * weights).sum(-1) / weights.sum()
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    """:func:`xai_robust.checks.check_finite` for a tensor, by one reduction: a sum of finite values is finite
+    unless it overflows, and then (or for NaN/inf) the full check decides and names the problem."""
+    if not bool(torch.isfinite(t.detach().sum())):
+        check_finite(t, name)
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int], *, upsample: str = "average") -> torch.Tensor:
@@ -126,7 +146,7 @@ def _as_maps(heatmaps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor,
                          "supervised with a mask")
     if not heatmaps.is_floating_point():
         raise TypeError(f"heatmaps must be a floating tensor, got dtype {heatmaps.dtype}")
-    check_finite(heatmaps, "heatmaps")
+    _check_finite(heatmaps, "heatmaps")
     if heatmaps.dtype in (torch.float16, torch.bfloat16):
         # NORM_EPS (1e-10) and the pooled sums do not fit half precision: compute the loss in float32
         heatmaps = heatmaps.float()
@@ -178,6 +198,13 @@ def background_loss(heatmaps: torch.Tensor, masks: torch.Tensor, *, d: float = 0
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     h, m = _as_maps(heatmaps, masks)
+    a = h.abs()                                                           # step 1
+    return _background(h, m, a, (a * m).sum(dim=(-1, -2, -3), keepdim=True), d, E, empty, reduction)
+
+
+def _background(h, m, a, fg_sum, d, E, empty, reduction):
+    """Steps 2-7 of :func:`background_loss` from the maps ``h``, their absolute values ``a`` and the foreground
+    totals ``fg_sum = Σ a·m`` (kept dimensions), which :func:`lrp_loss` shares with the foreground term."""
     n, k, c = h.shape[:3]
     has_fg = m.flatten(1).sum(1) > 0  # (N,)
     if not bool(has_fg.all()) and empty == "raise":
@@ -185,14 +212,14 @@ def background_loss(heatmaps: torch.Tensor, masks: torch.Tensor, *, d: float = 0
         raise ValueError(f"masks of images {bad[:10]} have no foreground, so the heatmap normalisation "
                          "(mean foreground relevance, §II-C step 2) is undefined; drop these images or "
                          "pass empty='ignore'")
-    a = h.abs()                                                           # step 1
+    d = check_number(d, "d", low=0.0, high=1.0)
     fg_count = (m.sum(dim=(-1, -2), keepdim=True) * c).clamp_min(1)       # foreground elements per map
-    fg_mean = (a * m).sum(dim=(-1, -2, -3), keepdim=True) / fg_count       # mean |h| on the foreground
+    fg_mean = fg_sum / fg_count                                           # mean |h| on the foreground
     a = a / (fg_mean + NORM_EPS)                                          # step 2
     # Keep the pooled sum finite for exploding heatmaps; such values saturate step 6's clamp anyway.
     big = torch.finfo(a.dtype).max / (4 * a.shape[-1] * a.shape[-2])
-    a = torch.where(m > 0, torch.zeros_like(a), a.clamp(max=big))         # step 3
-    scores = gwrp(a.flatten(-2), d)                                       # step 4: (N, K, C)
+    a = a.clamp(max=big).masked_fill(m > 0, 0)                            # step 3
+    scores = _gwrp(a.flatten(-2), d)                                      # step 4: (N, K, C)
     f = scores / (scores + E)                                             # step 5
     per_channel = -torch.log1p(-f.clamp(max=CLAMP))                       # step 6
     per_image = per_channel.mean(dim=(1, 2)) * has_fg.to(h.dtype)          # step 7 (per image)
@@ -290,11 +317,18 @@ def lrp_loss(heatmaps: torch.Tensor, masks: torch.Tensor, *, c1: float, c2: floa
     """
     w1 = check_number(w1, "w1", low=0.0, low_open=True)
     w2 = check_number(w2, "w2", low=0.0, low_open=True)
-    l1 = background_loss(heatmaps, masks, d=d, E=E, empty=empty)
-    s = foreground_relevance(heatmaps, masks)
+    E = check_number(E, "E", low=0.0, low_open=True)
+    if empty not in ("raise", "ignore"):
+        raise ValueError(f"empty must be 'raise' or 'ignore', got {empty!r}")
+    # the maps, masks, |h| and the foreground totals once for both terms (background_loss, foreground_relevance)
+    h, m = _as_maps(heatmaps, masks)
+    a = h.abs()
+    fg_sum = (a * m).sum(dim=(-1, -2, -3), keepdim=True)
+    l1 = _background(h, m, a, fg_sum, d, E, empty, "mean")
+    s = fg_sum.reshape(fg_sum.shape[:2])
     l2_each = foreground_loss(s, c1, c2, kind=foreground, reduction="none").mean(1)
     if empty == "ignore":
-        keep = resize_masks(masks, heatmaps.shape[-2:]).flatten(1).sum(1) > 0
+        keep = m.flatten(1).sum(1) > 0
         l2 = (l2_each * keep).sum() / keep.sum().clamp_min(1)
     else:
         l2 = l2_each.mean()

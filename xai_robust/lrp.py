@@ -16,17 +16,18 @@ logit (Eq. 3), i.e. the backward pass is seeded with 1.
 
 How the hooks work
 ------------------
-A forward hook on every ``nn.ReLU`` *module* replaces its output by a custom autograd function whose
-forward is ``relu`` and whose backward is the rule above; the backward is written with differentiable
-operations on the ReLU's *input*, so ``create_graph=True`` gives heatmaps whose gradient with respect to
-the parameters is exact (this is what the ISNet losses of chapter 03 need; no
-``register_full_backward_hook``, whose double backward broke in torch 1.13, pytorch#88312). The rule is
+Every ``nn.ReLU`` *module* runs, for the duration of the call, a custom autograd function whose forward is
+``relu`` and whose backward is the rule above (its ``forward`` is swapped; a subclass's output is replaced by a
+forward hook); the backward is written with differentiable operations on the ReLU's output, so
+``create_graph=True`` gives heatmaps whose gradient with respect to the parameters is exact (this is what the
+ISNet losses of chapter 03 need; no ``register_full_backward_hook``, whose double backward broke in torch 1.13,
+pytorch#88312). The rule is
 switched on only while the explanation's own backward pass runs: any later backward through the same
 graph (the second-order pass through a heatmap loss, or a classification loss on the returned logits)
 sees the true ReLU derivative, as the paper prescribes (Sec. II-G, step 1).
-In-place ReLUs are switched to out-of-place for the duration of the call and reused ReLU modules (one
-``nn.ReLU(inplace=True)`` called twice per torchvision ResNet block) are hooked once and fire on every
-call, so no model is rebuilt. Everything (hooks, ``inplace`` flags, train/eval modes, ``requires_grad``)
+In-place ReLUs stay in place where autograd allows it (else, and for every other rule, out of place) and reused
+ReLU modules (one ``nn.ReLU(inplace=True)`` called twice per torchvision ResNet block) are patched once and fire on
+every call, so no model is rebuilt. Everything (hooks, ``inplace`` flags, train/eval modes, ``requires_grad``)
 is restored on exit, also when the forward pass raises.
 
 Limits: functional ``torch.relu`` / ``F.relu`` calls inside a model's ``forward`` are invisible to module
@@ -48,6 +49,25 @@ a training-mode BatchNorm as the affine map with the batch's mean and variance h
 relevance flows through another sample, and the heatmap equals that of the eval-mode network whose running
 statistics are the batch statistics (tested). The statistics stay differentiable for the training backward, so
 the gradient of a heatmap loss is the exact gradient of these heatmaps (tested against finite differences).
+
+Cost (training with heatmap losses, chapter 03)
+-----------------------------------------------
+An ISNet step is the forward pass, the explanation's backward with ``create_graph`` and the backward of both, so
+about three plain steps at best. What keeps it near that (each path tested against the plain one it replaces,
+``tests/test_speed_exactness.py``):
+
+- the batch statistics of a frozen BatchNorm are read from the BatchNorm's own autograd node (no second pass over
+  its input) and differentiated in closed form (:class:`_BatchStatistics`); the frozen map relabels the BatchNorm's
+  output instead of copying it (:class:`_FrozenRoute`);
+- with ``create_graph`` every convolution's explanation gradient is a :class:`_ConvInputGrad` node, whose own
+  backward is a convolution and an ordinary weight gradient (autograd's double backward of a convolution computes
+  the weight term as a batch-transposed convolution, several times slower on a CPU);
+- an ``nn.ReLU`` computes its output once (its ``forward`` is swapped for the call, not hooked after the fact), in
+  place where the model's own ReLU is;
+- the z⁺ contributions of a layer are built only in the z⁺ map's own backward pass, where its explanation gradient
+  arrives (:class:`_LazyReroute`): a layer that a BatchNorm folds into costs nothing, and on a ReLU output
+  (``a ≥ 0``) the ``w⁻ a⁻`` term, a convolution of zeros whose gradient the ReLU stops, is left out;
+- :func:`lrp_flex_maps` makes several maps (the Dual ISNet's joint LRP-ε and LRP-z⁺) from one forward pass.
 """
 from __future__ import annotations
 
@@ -59,11 +79,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .attribution import resolve_target, restore_model
 from .checks import check_dtype, check_finite, check_target
 
-__all__ = ["lrp_flex", "lrp_flex_result", "LRPResult", "UNSUPPORTED_ACTIVATIONS", "SUPPORTED_MODULES"]
+__all__ = ["lrp_flex", "lrp_flex_result", "lrp_flex_maps", "LRPResult", "UNSUPPORTED_ACTIVATIONS", "SUPPORTED_MODULES"]
 
 #: Nonlinearity modules LRP-Flex can see but not explain; ``lrp_flex`` refuses models containing them.
 UNSUPPORTED_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.PReLU,
@@ -89,50 +110,80 @@ _BATCHNORM = ("eval", "batch", "frozen")
 # autograd functions
 # --------------------------------------------------------------------------------------------------
 class _Switch:
-    """Shared flag: the modified backward rules apply only while the explanation's own backward pass runs.
+    """Which explanation's own backward pass is running: ``mode`` is ``None`` outside any, else the rule of the map
+    being made (``"epsilon"`` or ``"zplus"``).
 
-    Any later backward through the same graph (a training loss on the returned logits, or the second-order
-    pass that differentiates a ``create_graph`` heatmap) sees the true derivatives - the paper's "this
-    backward pass modification has to be deactivated when not creating LRP heatmaps" (Sec. II-G, step 1).
+    The modified backward rules apply only while an explanation's own backward pass runs: any later backward
+    through the same graph (a training loss on the returned logits, or the second-order pass that differentiates a
+    ``create_graph`` heatmap) sees the true derivatives - the paper's "this backward pass modification has to be
+    deactivated when not creating LRP heatmaps" (Sec. II-G, step 1). Rules that hold during every explanation
+    (batch statistics held constant, the z^B first layer) test :attr:`active`; rules of one map only test a
+    :class:`_During` view, so one forward pass can carry the LRP-ε and the LRP-z⁺ rules of the Dual ISNet's two
+    maps (Sec. II-F1) and each backward pass applies its own.
     """
 
     def __init__(self):
-        self.active = False
+        self.mode = None
+
+    @property
+    def active(self) -> bool:
+        return self.mode is not None
+
+
+class _During:
+    """A :class:`_Switch` seen by the rules of one map: active only while that map's backward pass runs."""
+
+    def __init__(self, switch: _Switch, mode: str):
+        self.switch, self.mode = switch, mode
+
+    @property
+    def active(self) -> bool:
+        return self.switch.mode == self.mode
 
 
 class _EpsilonReLU(torch.autograd.Function):
     """``relu`` forward; LRP-ε backward ``G_in = a / (a + ε) * G_out`` (Faster ISNet, Sec. II-G, step 1)."""
 
     @staticmethod
-    def forward(ctx, z, epsilon, switch):
-        ctx.epsilon, ctx.switch = epsilon, switch
-        # only the input is saved (the output may be modified in place downstream); a is recomputed from z
-        ctx.save_for_backward(z)
-        return z.clamp(min=0)
+    def forward(ctx, z, epsilon, gate, inplace=False):
+        ctx.epsilon, ctx.gate = epsilon, gate
+        ctx.set_materialize_grads(False)  # a backward pass that does not reach this ReLU computes nothing here
+        if inplace:  # as the model's own nn.ReLU(inplace=True) does (z: a non-leaf, non-view tensor)
+            ctx.mark_dirty(z)
+            a = z.clamp_(min=0)
+        else:
+            a = z.clamp(min=0)
+        # the output is saved, as torch's own relu saves its result: a > 0 exactly where z > 0, and a/(a+ε) needs a
+        ctx.save_for_backward(a)
+        return a
 
     @staticmethod
     def backward(ctx, grad):
-        (z,) = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None
+        (a,) = ctx.saved_tensors
         eps = ctx.epsilon
-        if not ctx.switch.active or eps == 0:  # the true ReLU derivative (ε = 0: LRP-0 = Gradient×Input)
-            return torch.ops.aten.threshold_backward(grad, z, 0), None, None
+        if not ctx.gate.active or eps == 0:  # the true ReLU derivative (ε = 0: LRP-0 = Gradient×Input)
+            # the mask a > 0 has derivative 0: detached, a create_graph pass records no zero gradient for it
+            return torch.ops.aten.threshold_backward(grad, a.detach(), 0), None, None, None
         if torch.is_grad_enabled():  # create_graph: one differentiable node (its derivatives are exact)
-            return _EpsilonRule.apply(grad, z, eps), None, None
-        a = z.clamp(min=0)
-        ratio = a + eps  # fast path, in place: G_in = G_out * a / (a + ε)
-        return a.div_(ratio).mul_(grad), None, None
+            # a carries this ReLU's own node: the heatmap loss's gradient reaches z through the ReLU's derivative
+            return _EpsilonRule.apply(grad, a, eps), None, None, None
+        d = a + eps  # fast path, in place: G_in = G_out * a / (a + ε)
+        return torch.div(a, d, out=d).mul_(grad), None, None, None
 
 
 class _EpsilonRule(torch.autograd.Function):
-    """``G · r(z)`` with ``r = a / (a + ε)``, ``a = relu(z)``: the LRP-ε step of a ReLU as one node of the graph
-    that a heatmap loss differentiates (``∂/∂G = r``, ``∂/∂z = G ε / (a + ε)²`` for z > 0, else 0)."""
+    """``G · r(a)`` with ``r = a / (a + ε)``, ``a = relu(z)``: the LRP-ε step of a ReLU as one node of the graph
+    that a heatmap loss differentiates (``∂/∂G = r``, ``∂/∂a = G ε / (a + ε)²`` for a > 0, else 0; ``a`` is the
+    ReLU's output, whose own derivative takes it on to z)."""
 
     @staticmethod
-    def forward(ctx, grad, z, eps):
-        a = z.clamp(min=0)
-        ratio = a / (a + eps)
-        # dr/dz = ε / (a + ε)² = (1 - r)² / ε where z > 0, and 0 elsewhere
-        slope = (1 - ratio).square_().div_(eps).mul_(a.sign())  # sign(a) = 1 where z > 0, else 0
+    def forward(ctx, grad, a, eps):
+        d = a + eps
+        ratio = a / d  # r = a / (a + ε)
+        # dr/da = ε / (a + ε)² = (1 - r) / (a + ε) where a > 0, and 0 elsewhere (threshold_backward: the mask a > 0)
+        slope = torch.ops.aten.threshold_backward(torch.rsub(ratio, 1).div_(d), a, 0)
         ctx.save_for_backward(grad, ratio, slope)
         return grad * ratio
 
@@ -140,50 +191,284 @@ class _EpsilonRule(torch.autograd.Function):
     def backward(ctx, out_grad):
         grad, ratio, slope = ctx.saved_tensors
         g_grad = out_grad * ratio if ctx.needs_input_grad[0] else None
-        g_z = out_grad * grad * slope if ctx.needs_input_grad[1] else None
-        return g_grad, g_z, None
+        g_a = (out_grad * grad).mul_(slope) if ctx.needs_input_grad[1] else None
+        return g_grad, g_a, None
 
 
 def _stabilize(z, epsilon):
     """``z + ε·sign(z)`` with sign(0) = +1 (Eq. 2, and zennit's stabilizer)."""
-    shift = (z.detach() >= 0).to(z.dtype).mul_(2 * epsilon).sub_(epsilon)  # +ε where z >= 0, else -ε (constant)
-    return z + shift
+    # +ε where z >= 0, else -ε: a constant of the graph (0-d tensors keep z's dtype); z is added in place
+    shift = torch.where(z.detach() >= 0, z.new_full((), epsilon), z.new_full((), -epsilon))
+    return shift.add_(z)
 
 
 class _Reroute(torch.autograd.Function):
-    """Value of ``z``; the gradient goes to ``zr`` only, scaled by ``z / stab(zr)``.
+    """Value of ``z``; while ``gate`` is active the gradient goes to ``zr`` only, scaled by ``z / stab(zr)``.
 
     Used for the z⁺ (Eq. 4) and z^B rules: the relevance at a layer output is ``R = z ⊙ G`` and the rule
-    redistributes it in proportion to the contributions that make up ``zr``.
+    redistributes it in proportion to the contributions that make up ``zr``. The factor ``z / stab(zr)`` is an
+    input (computed, differentiably, in the forward pass), so the explanation's backward is one product.
     """
 
     @staticmethod
-    def forward(ctx, z, zr, epsilon, switch):
-        ctx.epsilon, ctx.switch = epsilon, switch
-        ctx.save_for_backward(z, zr)
-        return z.clone()
+    def forward(ctx, z, zr, factor, gate):
+        ctx.gate = gate
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(factor)
+        return z.clone()  # a new tensor: downstream in-place ops (``out += identity``) must not alter z
 
     @staticmethod
     def backward(ctx, grad):
-        if not ctx.switch.active:  # outside the explanation: the layer's true derivative
+        if grad is None:
+            return None, None, None, None
+        if not ctx.gate.active:  # outside this rule's explanation: the layer's true derivative
             return grad, None, None, None
-        z, zr = ctx.saved_tensors
-        return None, grad * z / _stabilize(zr, ctx.epsilon), None, None
+        (factor,) = ctx.saved_tensors
+        return None, grad * factor, None, None  # the gradient of zr (factor: differentiable with create_graph)
 
 
-class _Route(torch.autograd.Function):
-    """Value of ``z``; during the explanation the gradient goes to ``alt`` instead (same value, other graph)."""
+def _reroute(z, zr, epsilon, gate):
+    """``z`` whose explanation gradient (while ``gate`` is active) goes to ``zr``, scaled by ``z / stab(zr)``."""
+    return _Reroute.apply(z, zr, z / _stabilize(zr, epsilon), gate)
+
+
+class _LazyReroute(torch.autograd.Function):
+    """:class:`_Reroute` for a z⁺ layer whose contributions ``zr = part.zr(inp)`` are built only when its explanation
+    gradient arrives: in the z⁺ map's own backward pass, differentiably when that pass has ``create_graph``.
+
+    The gradient goes to the layer input, ``J_zr(inp)ᵀ (G ⊙ z / stab(zr))``: what autograd computes when ``zr`` is
+    built in the forward pass (:class:`_Reroute`), so the heatmap and its gradient are those of the eager rule
+    (tested); a layer that a BatchNorm folds into (its own z⁺ never used) or one outside the explained path then
+    costs nothing, and the LRP-ε map of a Dual ISNet's shared forward pass does not carry the z⁺ convolutions.
+    """
 
     @staticmethod
-    def forward(ctx, z, alt, switch):
-        ctx.switch = switch
-        return z.clone()
+    def forward(ctx, z, inp, part, epsilon, gate):
+        ctx.part, ctx.epsilon, ctx.gate = part, epsilon, gate
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(z, inp)
+        return z.clone()  # a new tensor: downstream in-place ops (``out += identity``) must not alter z
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.switch.active:
-            return None, grad, None
-        return grad, None, None
+        if grad is None:
+            return None, None, None, None, None
+        if not ctx.gate.active:  # outside the z⁺ map's explanation: the layer's true derivative
+            return grad, None, None, None, None
+        z, inp = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None, None
+        part = ctx.part
+        factor = grad * z / _stabilize(part.zr(inp), ctx.epsilon)  # differentiable iff create_graph
+        return None, part.input_grad(factor, inp), None, None, None
+
+
+class _ZPlusPart:
+    """The z⁺ contributions ``zr = Σ_j (w_jk a_j)⁺`` of one layer (Eq. 4; positive bias included), given its input.
+
+    ``w, b``: the layer's weights with a folded BatchNorm; ``gated``: the input is a ReLU output (``a ≥ 0``), so the
+    ``w⁻ a⁻`` part is left out (see :class:`_TrackReLUOutputs`).
+    """
+
+    def __init__(self, layer, weight, bias, gated):
+        self.layer, self.weight, self.bias, self.gated = layer, weight, bias, gated
+
+    def _params(self, inp):
+        """The weights in the input's dtype (a no-op unless the forward pass ran in mixed precision)."""
+        return self.weight.to(inp.dtype), self.bias.to(inp.dtype)
+
+    def zr(self, inp):
+        (w, b), layer = self._params(inp), self.layer
+        if self.gated:
+            return _affine(layer, inp, w.clamp(min=0), b.clamp(min=0))
+        pos = F.relu(inp)  # relu/threshold: a cheaper backward than clamp's
+        return _affine(layer, pos, w.clamp(min=0), b.clamp(min=0)) + _affine(layer, inp - pos, w.clamp(max=0), None)
+
+    def input_grad(self, s, inp):
+        """``J_zr(inp)ᵀ s``, the operations autograd would run for :meth:`zr` (differentiable with grad mode on):
+        ``w⁺ᵀ s`` for a ReLU input, else ``w⁻ᵀ s + [inp > 0] (w⁺ᵀ s - w⁻ᵀ s)`` (``pos = relu(inp)``,
+        ``neg = inp - pos``)."""
+        w, _ = self._params(inp)
+        wp = w.clamp(min=0)
+        if self.gated:
+            return self._transposed(s, inp, wp)
+        neg = self._transposed(s, inp, w.clamp(max=0))
+        pos = torch.ops.aten.threshold_backward(self._transposed(s, inp, wp) - neg, F.relu(inp.detach()), 0)
+        return neg + pos
+
+    def _transposed(self, s, inp, weight):
+        """``∂(layer_weight(inp))/∂inp`` applied to ``s`` (linear in ``s`` and ``weight``)."""
+        if isinstance(self.layer, nn.Linear):
+            return s.matmul(weight)
+        params = _conv_params(self.layer)
+        if params is not None:
+            return _ConvInputGrad.apply(s, inp, weight, params)
+        leaf = inp.detach().requires_grad_(True)  # other padding modes: autograd's own input gradient
+        with torch.enable_grad():
+            out = _affine(self.layer, leaf, weight, None)
+        return torch.autograd.grad(out, leaf, s, create_graph=torch.is_grad_enabled())[0]
+
+
+class _PixelZPlusPart(_ZPlusPart):
+    """The z⁺ contributions of a first layer that reads ``normalize(x) = s x + t``, in pixel space: ``w⁺ (s x)⁺ +
+    w⁻ (s x)⁻`` plus the composite's positive bias ``(w t + b)⁺`` (see :meth:`_LayerRules._zplus`); the gradient
+    goes to the pixels ``x``."""
+
+    def __init__(self, layer, weight, bias, shift, scale):
+        super().__init__(layer, weight, bias, gated=False)
+        self.shift, self.scale = shift, scale
+
+    def zr(self, x):
+        (w, b), layer = self._params(x), self.layer
+        a = x * self.scale
+        bias = _affine(layer, self.shift, w, b).clamp(min=0)  # a map: padding sees `shift`
+        return (_affine(layer, a.clamp(min=0), w.clamp(min=0), None) + _affine(layer, a.clamp(max=0),
+                                                                              w.clamp(max=0), None) + bias)
+
+    def input_grad(self, s, x):
+        """What autograd runs for :meth:`zr`: clamp's derivative passes ``a ≥ 0`` (min=0) and ``a ≤ 0`` (max=0)."""
+        a = (x * self.scale).detach()
+        w, _ = self._params(x)
+        pos = torch.where(a >= 0, self._transposed(s, a, w.clamp(min=0)), 0.0)
+        neg = torch.where(a <= 0, self._transposed(s, a, w.clamp(max=0)), 0.0)
+        return (pos + neg) * self.scale
+
+
+def _conv_params(conv):
+    """(stride, padding, dilation, groups) of an ``nn.ConvNd`` whose input gradient :class:`_ConvInputGrad` can take
+    (zero padding given as numbers), else None."""
+    if not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or conv.padding_mode != "zeros" \
+            or isinstance(conv.padding, str):
+        return None
+    return tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), conv.groups
+
+
+class _ConvInputGrad(torch.autograd.Function):
+    """``∂(w * x)/∂x`` applied to ``grad``: a convolution's input gradient as one node of the graph that a heatmap
+    loss differentiates.
+
+    Autograd's own double backward of a convolution computes the weight term as a convolution of the batch-transposed
+    tensors (slow on CPU); here it is the convolution's ordinary weight gradient with ``gg`` as the input, and the
+    ``grad`` term is the convolution of ``gg`` (both exact: the map is bilinear in ``grad`` and ``w``).
+    """
+
+    @staticmethod
+    def forward(ctx, grad, inp, weight, conv):
+        stride, padding, dilation, groups = ctx.conv = conv
+        ctx.save_for_backward(grad, weight)
+        return torch.ops.aten.convolution_backward(grad, inp, weight, None, stride, padding, dilation, False,
+                                                   [0] * len(stride), groups, [True, False, False])[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gg):
+        grad, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        g_grad = g_weight = None
+        if ctx.needs_input_grad[0]:
+            g_grad = torch.ops.aten.convolution(gg, weight, None, stride, padding, dilation, False, [0] * len(stride),
+                                                groups)
+        if ctx.needs_input_grad[2]:
+            g_weight = torch.ops.aten.convolution_backward(grad, gg, weight, None, stride, padding, dilation, False,
+                                                           [0] * len(stride), groups, [False, True, False])[1]
+        return g_grad, None, g_weight, None
+
+
+class _ConvRoute(torch.autograd.Function):
+    """Value of a convolution's output ``out`` (re-labelled in place: the convolution's node saves no reference to
+    it). While an explanation's backward pass runs with ``create_graph`` the gradient goes to the convolution's input
+    through :class:`_ConvInputGrad` (the same values as autograd's, a cheaper double backward); any other backward
+    pass gets the convolution's own derivatives."""
+
+    @staticmethod
+    def forward(ctx, out, inp, weight, conv, gate):
+        ctx.conv, ctx.gate = conv, gate
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(inp, weight)
+        ctx.mark_dirty(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return None, None, None, None, None
+        if not (ctx.gate.active and torch.is_grad_enabled()):
+            return grad, None, None, None, None
+        inp, weight = ctx.saved_tensors
+        g = _ConvInputGrad.apply(grad, inp, weight, ctx.conv) if ctx.needs_input_grad[1] else None
+        return None, g, None, None, None
+
+
+def _route_conv(conv, inp, weight, out, switch):
+    """``out = conv(inp)`` (weights ``weight``) with :class:`_ConvRoute`, where the convolution allows it."""
+    params = _conv_params(conv)
+    if params is None or type(out.grad_fn).__name__ != "ConvolutionBackward0" or not (
+            out.dtype == inp.dtype == weight.dtype):  # (mixed precision: autograd's own node)
+        return out
+    return _ConvRoute.apply(out, inp, weight, params, switch)
+
+
+# grad_fn of a BatchNorm output that saves no reference to the output itself: such an output can carry the frozen
+# route in place (``mark_dirty``) instead of being copied
+_OUTPUT_FREE_NODES = frozenset({"NativeBatchNormBackward0", "CudnnBatchNormBackward0", "MiopenBatchNormBackward0"})
+
+
+class _FrozenRoute(torch.autograd.Function):
+    """Value of a BatchNorm's output ``out``; during any explanation the gradient goes to the BatchNorm's input
+    ``inp`` instead, times ``scale = γ/√(var + eps)``: the BatchNorm as the affine map with its batch statistics
+    held constant (``batchnorm="frozen"``). Outside the explanation: the BatchNorm's true (training) derivative.
+
+    ``scale`` is an input, so with ``create_graph`` the gradient of the explanation reaches γ and, through
+    :class:`_BatchStatistics`, the batch statistics (exact second-order gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, out, inp, scale, gate, in_place):
+        ctx.gate = gate
+        ctx.view = (1, -1) + (1,) * (inp.dim() - 2)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(scale)
+        if in_place:  # out's own node saved no reference to it: re-label it instead of copying it
+            ctx.mark_dirty(out)
+            return out
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return None, None, None, None, None
+        if not ctx.gate.active:
+            return grad, None, None, None, None
+        (scale,) = ctx.saved_tensors
+        return None, grad * scale.reshape(ctx.view), None, None, None
+
+
+class _BatchStatistics(torch.autograd.Function):
+    """``(mean, 1/√(var + eps))`` of a BatchNorm input over every dimension but the channels (biased variance).
+
+    Constants for every explanation's backward pass (no sample's relevance flows into the others through them), but
+    differentiable for any other backward, with the closed form ``∂mean/∂x = 1/M`` and
+    ``∂(1/√(var+eps))/∂x = -(var+eps)^{-3/2} (x - mean) / M`` (M values per channel): the gradient of a heatmap loss
+    stays exact (tests: finite differences) and costs one pass over the input.
+    """
+
+    @staticmethod
+    def forward(ctx, inp, mean, invstd, gate):
+        ctx.gate = gate
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(inp, mean, invstd)
+        return mean.clone(), invstd.clone()
+
+    @staticmethod
+    def backward(ctx, g_mean, g_invstd):
+        if ctx.gate.active or (g_mean is None and g_invstd is None):
+            return None, None, None, None
+        inp, mean, invstd = ctx.saved_tensors
+        view = (1, -1) + (1,) * (inp.dim() - 2)
+        m = inp.numel() // inp.shape[1]
+        coef = torch.zeros_like(invstd) if g_invstd is None else g_invstd * invstd.pow(3) * (-1.0 / m)
+        const = -coef * mean if g_mean is None else g_mean / m - coef * mean
+        return torch.addcmul(const.reshape(view), inp, coef.reshape(view)), None, None, None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,46 +480,45 @@ def _affine(module, inp, weight, bias):
     return module._conv_forward(inp, weight, bias)
 
 
-class _HoldInExplanation(torch.autograd.Function):
-    """Identity. The explanation's own backward stops here; any other backward passes through."""
-
-    @staticmethod
-    def forward(ctx, t, switch):
-        ctx.switch = switch
-        return t.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (None if ctx.switch.active else grad), None
-
-
-def _batch_stats(inp, switch):
-    """(mean, biased variance) of a BatchNorm input over all dimensions but the channels, held constant by the
-    explanation's backward (no relevance flows from one sample into the others through them) but differentiable
-    for any later backward - so the gradient of a heatmap loss is exact (tests: finite differences)."""
-    dims = [d for d in range(inp.dim()) if d != 1]
-    view = (1, -1) + (1,) * (inp.dim() - 2)
-    mean = inp.mean(dims)
-    m0 = mean.detach()
-    # E[(x - m0)²] - (E[x] - m0)²: exact, differentiable, stable (m0 ≈ the mean), and much faster than torch.var
-    var = ((inp - m0.reshape(view)) ** 2).mean(dims) - (mean - m0) ** 2
-    return _HoldInExplanation.apply(mean, switch), _HoldInExplanation.apply(var, switch)
-
-
 def _uses_batch_stats(bn) -> bool:
     return bn.training or bn.running_mean is None
 
 
+#: set to False to recompute the batch statistics instead of reading those the BatchNorm saved (tests compare both)
+_READ_SAVED_STATISTICS = True
+
+
+def _batch_statistics(bn, inp, out, switch):
+    """(mean, 1/√(var + eps)) of the batch, as :class:`_BatchStatistics` outputs (held by the explanation).
+
+    The BatchNorm's own autograd node saved both (``native_batch_norm``'s ``save_mean`` and ``save_invstd``); they
+    are read from it, else (another kernel, a subclass computing differently) recomputed from ``inp``.
+    """
+    c = inp.shape[1]
+    mean = invstd = None
+    node = out.grad_fn
+    if _READ_SAVED_STATISTICS and type(node).__name__ == "NativeBatchNormBackward0":
+        mean, invstd = getattr(node, "_saved_result1", None), getattr(node, "_saved_result2", None)
+    if not (isinstance(mean, torch.Tensor) and isinstance(invstd, torch.Tensor)
+            and mean.shape == (c,) and invstd.shape == (c,)):
+        with torch.no_grad():
+            var, mean = torch.var_mean(inp, [d for d in range(inp.dim()) if d != 1], correction=0)
+            invstd = torch.rsqrt(var + bn.eps)
+    return _BatchStatistics.apply(inp, mean.to(inp.dtype), invstd.to(inp.dtype), switch)
+
+
 def _merged_params(layer, bn, stats=None):
     """Weight and bias of ``bn ∘ layer`` (BatchNorm folded into the layer, as zennit's canonizers do), with the
-    running statistics or, given ``stats = (mean, var)``, those (batch statistics held constant)."""
+    running statistics or, given ``stats = (mean, 1/√(var+eps))``, those (batch statistics held constant)."""
     w, b = layer.weight, layer.bias
     if b is None:
         b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
     if bn is None:
         return w, b
-    mean, var = stats if stats is not None else (bn.running_mean, bn.running_var)
-    scale = torch.rsqrt(var + bn.eps)
+    if stats is not None:
+        mean, scale = stats
+    else:
+        mean, scale = bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
     shift = -mean * scale
@@ -244,14 +528,11 @@ def _merged_params(layer, bn, stats=None):
     return w * scale.reshape(view), b * scale + shift
 
 
-def _frozen_batchnorm(bn, inp, stats):
-    """A tensor whose backward is that of ``bn`` as an affine map with constant statistics, ``G·γ/√(var+eps)``
-    (its value is not used: :class:`_Route` keeps the BatchNorm's own output)."""
-    _, var = stats
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    return inp * scale.reshape((1, -1) + (1,) * (inp.dim() - 2))
+def _frozen_route(ex, bn, inp, out, stats=None):
+    """Explain a batch-statistics BatchNorm as the affine map with those statistics held constant."""
+    _, invstd = stats if stats is not None else _batch_statistics(bn, inp, out, ex.switch)
+    scale = invstd if bn.weight is None else invstd * bn.weight
+    return _FrozenRoute.apply(out, inp, scale, ex.switch, type(out.grad_fn).__name__ in _OUTPUT_FREE_NODES)
 
 
 class _Explanation:
@@ -263,6 +544,7 @@ class _Explanation:
         self.normalize_out = None     # output of the model's normalize module when it reads x
         self.normalize_module = None
         self.in_prefix = False        # True while a rule re-runs normalize itself (no rule fires then)
+        self.relu_inplace = {}        # id(nn.ReLU) -> its own inplace flag (the call switches the flags off)
 
     def run_prefix(self, fn, *args):
         """Call ``fn`` (e.g. ``normalize``) without any rule's hook firing."""
@@ -319,27 +601,107 @@ class _TrackNormalize(_Rule):
 class _EpsilonAtReLUs(_Rule):
     """LRP-ε (Eq. 2) through the ReLUs: each ``nn.ReLU``'s backward becomes ``G·a/(a+ε)`` (Sec. II-G, step 1).
 
-    ``skip(t)`` names ReLU inputs that keep their plain gradient (the ReLU after a z^B first layer).
+    ``skip(t)`` names ReLU inputs that keep their plain gradient (the ReLU after a z^B first layer). The rule holds
+    during the LRP-ε map's backward pass only (in the Dual ISNet's shared forward pass the z⁺ map's ReLUs pass
+    relevance unchanged, i.e. their true derivative).
     """
 
     def __init__(self, ex, skip=lambda t: False):
         super().__init__(ex)
         self.skip = skip
+        self.gate = _During(ex.switch, "epsilon")
+        self._patched = []
 
     def attach(self, model):
         for m in model.modules():
-            if isinstance(m, nn.ReLU):
+            if type(m) is nn.ReLU:  # its forward is replaced for the call: the ReLU is computed once
+                self._patched.append((m, m.__dict__.get("forward")))
+                m.forward = self._relu_ if self.ex.relu_inplace.get(id(m), False) else self._relu
+            elif isinstance(m, nn.ReLU):  # a subclass: its own forward runs, then a hook swaps the output
                 self._hook(m, self._forward)
+
+    def _relu(self, inp, inplace=False):
+        if self.ex.in_prefix or self.skip(inp):
+            return F.relu(inp, inplace=inplace)
+        return _EpsilonReLU.apply(inp, self.ex.epsilon, self.gate, inplace)
+
+    def _relu_(self, inp):
+        """The model's ``nn.ReLU(inplace=True)``, kept in place where autograd allows it."""
+        return self._relu(inp, inplace=inp.grad_fn is not None and not inp._is_view() and inp is not self.ex.x)
 
     def _forward(self, module, args, out):
         if self.ex.in_prefix or self.skip(args[0]):
             return None
-        return _EpsilonReLU.apply(args[0], self.ex.epsilon, self.ex.switch)
+        return _EpsilonReLU.apply(args[0], self.ex.epsilon, self.gate)
+
+    def remove(self):
+        super().remove()
+        for m, forward in self._patched:
+            if forward is None:
+                del m.forward
+            else:
+                m.forward = forward
+        self._patched.clear()
 
 
-def _frozen_route(ex, bn, inp, out):
-    """Explain a batch-statistics BatchNorm as the affine map with those statistics held constant."""
-    return _Route.apply(out, _frozen_batchnorm(bn, inp, _batch_stats(inp, ex.switch)), ex.switch)
+#: modules that pass "a ReLU output" on: every zero they output is a zero of ReLU outputs read at that position
+_GATE_KEEPING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                 nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Unflatten, nn.Identity)
+
+
+class _TrackReLUOutputs(_Rule):
+    """Records the outputs of ``nn.ReLU`` modules, and of pooling/reshaping modules that read one.
+
+    The z⁺ rule of a layer whose input ``a`` is such a tensor needs no negative part: ``a⁻ = 0``, and the gradient
+    that the ``w⁻ a⁻`` term would send to a zero of ``a`` ends at a ReLU whose input is ≤ 0 there, whose true
+    derivative (the z⁺ map's) is exactly 0. Dropping the term skips a convolution of zeros and changes nothing,
+    not the heatmap and not its gradient (tested against the full rule).
+    """
+
+    def __init__(self, ex):
+        super().__init__(ex)
+        self._outputs = {}  # id -> tensor (kept alive for the call, so ids are not reused)
+
+    def attach(self, model):
+        for m in model.modules():
+            if isinstance(m, nn.ReLU):
+                self._hook(m, self._relu)
+            elif isinstance(m, _GATE_KEEPING):
+                self._hook(m, self._keep)
+
+    def gated(self, t) -> bool:
+        return self._outputs.get(id(t)) is t
+
+    def _relu(self, module, args, out):
+        if not self.ex.in_prefix:
+            self._outputs[id(out)] = out
+
+    def _keep(self, module, args, out):
+        if not self.ex.in_prefix and args and self.gated(args[0]):
+            self._outputs[id(out)] = out
+
+    def replaced(self, old, new):
+        if self.gated(old):
+            self._outputs[id(new)] = new
+
+    def remove(self):
+        super().remove()
+        self._outputs.clear()
+
+
+class _ConvGradients(_Rule):
+    """With ``create_graph``: every convolution's explanation gradient through :class:`_ConvInputGrad`."""
+
+    def attach(self, model):
+        for m in model.modules():
+            if _conv_params(m) is not None:
+                self._hook(m, self._forward)
+
+    def _forward(self, module, args, out):
+        if self.ex.in_prefix:
+            return None
+        return _route_conv(module, args[0], module.weight, out, self.ex.switch)
 
 
 class _FrozenBatchNorm(_Rule):
@@ -361,16 +723,21 @@ class _LayerRules(_Rule):
 
     A BatchNorm that directly follows a layer is folded into it (its statistics must then be constant: running
     statistics, or the batch's held constant under ``batchnorm="frozen"``); any other BatchNorm is LRP-0, or the
-    frozen affine map. The outputs that seed Eq. 5 at the logits are kept in ``zr_of``.
+    frozen affine map. The outputs that seed Eq. 5 at the logits are kept in ``zr_of``. With ``epsilon`` (the Dual
+    ISNet's shared forward pass) the z⁺ rules hold during the z⁺ map's backward pass only, and a folded frozen
+    BatchNorm also carries the frozen affine map for the LRP-ε map.
     """
 
-    def __init__(self, ex, *, zplus: bool, zb: bool, bounds, frozen: bool):
+    def __init__(self, ex, *, zplus: bool, zb: bool, bounds, frozen: bool, epsilon: bool = False, tracker=None,
+                 route_convs: bool = False):
         super().__init__(ex)
-        self.zplus, self.zb, self.bounds, self.frozen = zplus, zb, bounds, frozen
+        self.zplus, self.zb, self.bounds, self.frozen, self.epsilon = zplus, zb, bounds, frozen, epsilon
+        self.tracker, self.route_convs = tracker, route_convs
+        self.zplus_gate = _During(ex.switch, "zplus")
         self.last = None          # (rerouted output, layer, layer input, is_first) of the latest layer
         self.first_seen = False
         self.first_out = None     # output of the first layer (after folding a following BatchNorm)
-        self.zr_of = []           # (rerouted output, zr) pairs, to seed Eq. 5 at the logits
+        self.zr_of = []           # (rerouted output, z⁺ part, its input) per layer, to seed Eq. 5 at the logits
         self.bound_leaves = None  # (low, high) leaves in pixel space for z^B
 
     def attach(self, model):
@@ -385,6 +752,11 @@ class _LayerRules(_Rule):
             self.first_out = new
         if self.last is not None and self.last[0] is old:
             self.last = (new,) + self.last[1:]
+
+    def _affine(self, layer, inp, weight, bias):
+        """The layer's map with other weights (the rules' contributions), a convolution routed with create_graph."""
+        out = _affine(layer, inp, weight, bias)
+        return _route_conv(layer, inp, weight, out, self.ex.switch) if self.route_convs else out
 
     def _apply(self, layer, bn, inp, out, is_first, stats=None):
         if is_first and self.zb:
@@ -417,38 +789,42 @@ class _LayerRules(_Rule):
                                      "which needs constant statistics; use batchnorm='eval' (the default) or "
                                      "'frozen'")
                 return None
-            stats = _batch_stats(args[0], self.ex.switch)
+            stats = _batch_statistics(module, args[0], out, self.ex.switch)
         if folded:
             _, layer, inp, is_first = last
             self.last = None
+            if stats is not None and self.epsilon and not (is_first and self.zb):
+                out = _frozen_route(self.ex, module, args[0], out, stats)  # the LRP-ε map's view of this BatchNorm
             return self._apply(layer, module, inp, out, is_first, stats)
         if stats is None:
             return None  # eval mode: a plain linear map (LRP-0)
-        return _Route.apply(out, _frozen_batchnorm(module, args[0], stats), self.ex.switch)
+        return _frozen_route(self.ex, module, args[0], out, stats)
 
     def _zplus(self, layer, bn, inp, out, is_first=False, stats=None):
         """LRP-z⁺ (Faster ISNet, Eq. 4): redistribute in proportion to ``(w_jk a_j)^+`` (positive bias included).
 
         When the first layer reads ``normalize``'s output, the rule is applied in pixel space to the composite
         map ``layer ∘ normalize`` (contributions ``w_jk s_j x_j`` with ``normalize(x) = s x + t``), so the
-        heatmap of the pixels is non-negative, as z⁺ promises.
+        heatmap of the pixels is non-negative, as z⁺ promises. When the layer reads a ReLU output (``a ≥ 0``),
+        the contributions are ``w⁺ a`` alone (see :class:`_TrackReLUOutputs`).
         """
         ex = self.ex
         w, b = _merged_params(layer, bn, stats)
-        if is_first and ex.normalize_out is not None and inp is ex.normalize_out:
+        if is_first and ex.normalize_out is not None and inp is ex.normalize_out:  # the pixels get the gradient
             shift = ex.run_prefix(ex.normalize_module, torch.zeros_like(ex.x))
             scale = ex.run_prefix(ex.normalize_module, torch.ones_like(ex.x)) - shift
-            a = ex.x * scale
-            bias = _affine(layer, shift, w, b).clamp(min=0)  # the composite's bias (a map: padding sees `shift`)
-            zp = (_affine(layer, a.clamp(min=0), w.clamp(min=0), None)
-                  + _affine(layer, a.clamp(max=0), w.clamp(max=0), None) + bias)
+            part, source = _PixelZPlusPart(layer, w, b, shift, scale), ex.x
         else:
-            pos = F.relu(inp)  # relu/threshold: a cheaper backward than clamp's
-            zp = (_affine(layer, pos, w.clamp(min=0), b.clamp(min=0))
-                  + _affine(layer, inp - pos, w.clamp(max=0), None))
-        rerouted = _Reroute.apply(out, zp, ex.epsilon, ex.switch)
-        self.zr_of.append((rerouted, zp))
+            part = _ZPlusPart(layer, w, b, gated=self.tracker is not None and self.tracker.gated(inp))
+            source = inp
+        # built when its explanation gradient arrives (the logits' when the seed needs it)
+        rerouted = _LazyReroute.apply(out, source, part, ex.epsilon, self.zplus_gate)
+        self.zr_of.append((rerouted, part, source))
         return rerouted
+
+    def zr_for(self, out):
+        """The z⁺ contributions of the layer whose (rerouted) output is ``out`` (Eq. 5 seed), or None."""
+        return next((part.zr(source) for rerouted, part, source in self.zr_of if rerouted is out), None)
 
     def _zb(self, layer, bn, inp, out, stats=None):
         """LRP-z^B on the first layer: ``x w - l w⁺ - h w⁻`` with pixel bounds mapped through ``normalize``."""
@@ -469,9 +845,9 @@ class _LayerRules(_Rule):
                              "through the model's `normalize` module (an elementwise affine map, e.g. "
                              "xai_robust.models.Normalize)")
         w, _ = _merged_params(layer, bn, stats)
-        zb = (_affine(layer, inp, w, None) - _affine(layer, low_in, w.clamp(min=0), None)
-              - _affine(layer, high_in, w.clamp(max=0), None))
-        return _Reroute.apply(out, zb, ex.epsilon, ex.switch)
+        zb = (self._affine(layer, inp, w, None) - self._affine(layer, low_in, w.clamp(min=0), None)
+              - self._affine(layer, high_in, w.clamp(max=0), None))
+        return _reroute(out, zb, ex.epsilon, ex.switch)  # z^B holds in every map
 
 
 class _Capture(_Rule):
@@ -519,22 +895,29 @@ class _Composite:
 
     Like zennit's ``Composite.context``: inside the block the model computes its ordinary forward pass with the
     rules' hooks in place; on exit every hook is removed and ``inplace`` flags, train/eval modes and
-    ``requires_grad`` are restored, also when the block raises.
+    ``requires_grad`` are restored, also when the block raises. ``rules`` lists the maps the forward pass serves
+    (one, or ``("epsilon", "zplus")`` for the Dual ISNet's two maps of one forward pass).
     """
 
-    def __init__(self, x, *, epsilon, rule, first_layer, bounds, layers, batchnorm):
+    def __init__(self, x, *, epsilon, rules, first_layer, bounds, layers, batchnorm, create_graph=False):
         self.ex = _Explanation(x, epsilon)
         self.batchnorm = batchnorm
-        folding = rule == "zplus" or first_layer == "zb"
-        self.layer_rules = (_LayerRules(self.ex, zplus=rule == "zplus", zb=first_layer == "zb", bounds=bounds,
-                                        frozen=batchnorm == "frozen") if folding else None)
+        zplus, eps = "zplus" in rules, "epsilon" in rules
+        folding = zplus or first_layer == "zb"
+        self.tracker = _TrackReLUOutputs(self.ex) if zplus else None
+        self.layer_rules = (_LayerRules(self.ex, zplus=zplus, zb=first_layer == "zb", bounds=bounds,
+                                        frozen=batchnorm == "frozen", epsilon=eps, tracker=self.tracker,
+                                        route_convs=create_graph)
+                            if folding else None)
         self.capture = _Capture(self.ex, layers or [], self._replaced)
-        self.rules = []
+        self.rules = [_ConvGradients(self.ex)] if create_graph else []  # first: the layer rules see its output
         if folding:
             self.rules.append(_TrackNormalize(self.ex))
-        if rule == "epsilon":  # under z⁺ the rule lives in the layers and ReLUs pass relevance (their gradient)
+        if eps:  # under z⁺ the rule lives in the layers and ReLUs pass relevance (their gradient)
             skip = (lambda t: t is self.layer_rules.first_out) if first_layer == "zb" else (lambda t: False)
             self.rules.append(_EpsilonAtReLUs(self.ex, skip))
+        if self.tracker is not None:  # after the ReLU rule: it records the tensors the model goes on with
+            self.rules.append(self.tracker)
         if folding:
             self.rules.append(self.layer_rules)
         elif batchnorm == "frozen":
@@ -549,6 +932,7 @@ class _Composite:
     def context(self, model: nn.Module) -> Iterator[_Explanation]:
         relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
         inplace = [(m, m.inplace) for m in relus]
+        self.ex.relu_inplace = {id(m): flag for m, flag in inplace}
         with restore_model(model):
             try:
                 for m in relus:
@@ -567,7 +951,7 @@ class _Composite:
                     m.inplace = flag
 
 
-def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, batchnorm, target):
+def _check(model, x, epsilon, quantity, mu, rules, first_layer, bounds, layers, batchnorm, target):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
@@ -590,15 +974,16 @@ def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, b
         raise ValueError(f"epsilon must be a number >= 0 (0 gives LRP-0 = Gradient×Input), got {epsilon!r}")
     if quantity not in _QUANTITIES:
         raise ValueError(f"quantity must be one of {_QUANTITIES}, got {quantity!r}")
-    if rule not in _RULES:
-        raise ValueError(f"rule must be one of {_RULES}, got {rule!r}")
+    for rule in rules:
+        if rule not in _RULES:
+            raise ValueError(f"rule must be one of {_RULES}, got {rule!r}")
     if first_layer not in (None, "zb"):
         raise ValueError(f"first_layer must be None or 'zb', got {first_layer!r}")
     if batchnorm not in _BATCHNORM:
         raise ValueError(f"batchnorm must be one of {_BATCHNORM}, got {batchnorm!r}")
     if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu <= 0:
         raise ValueError(f"mu must be a number > 0 (Faster ISNet uses 0.01), got {mu!r}")
-    if quantity == "eta" and rule != "epsilon":
+    if quantity == "eta" and any(rule != "epsilon" for rule in rules):
         raise ValueError("quantity='eta' is defined for rule='epsilon' (Selective ISNet, Faster ISNet Sec. II-F)")
     if quantity == "joint" and target is not None:
         raise ValueError("quantity='joint' explains every logit at once; leave target=None")
@@ -626,7 +1011,7 @@ def _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, b
         if missing:
             raise ValueError(f"layers: no module named {missing} in the model; see [n for n, _ in "
                              "model.named_modules()]")
-    folding = rule == "zplus" or first_layer == "zb"
+    folding = "zplus" in rules or first_layer == "zb"
     for name, m in model.named_modules():
         if isinstance(m, UNSUPPORTED_ACTIVATIONS):
             raise ValueError(f"model.{name} is {type(m).__name__}: LRP-Flex explains ReLU networks only (Faster ISNet, "
@@ -757,38 +1142,63 @@ def lrp_flex_result(model: nn.Module, x: torch.Tensor, target=None, *, layers=No
         ``heatmap`` (shape of ``x``), ``relevances`` (``{name: relevance}``, empty without ``layers``) and
         ``logits`` (of the explanation's forward pass; differentiable with ``create_graph``). Chapters 02, 03.
     """
-    return _lrp_flex(model, x, target, layers=layers, **options)
+    rule = options.pop("rule", "epsilon")
+    return _explain(model, x, target, rules=(rule,), layers=layers, **options)[0]
 
 
-def _lrp_flex(model, x, target=None, *, epsilon: float = 0.01, create_graph: bool = False, quantity: str = "logit",
-              mu: float = 0.01, rule: str = "epsilon", first_layer: str | None = None, bounds=(0.0, 1.0), layers=None,
-              generator: torch.Generator | None = None, batchnorm: str = "eval") -> LRPResult:
-    _check(model, x, epsilon, quantity, mu, rule, first_layer, bounds, layers, batchnorm, target)
+def lrp_flex_maps(model: nn.Module, x: torch.Tensor, target=None, *, rules=("epsilon", "zplus"), layers=None,
+                  **options) -> list[LRPResult]:
+    """Several LRP-Flex maps of one forward pass: one :class:`LRPResult` per rule in ``rules``.
+
+    The Dual ISNet penalises the joint LRP-ε and the joint LRP-z⁺ maps of the same image (Faster ISNet, Sec. II-F1):
+    one forward pass carries both rules (the z⁺ contributions of every layer ride along the ordinary forward pass)
+    and each map's backward pass applies its own, so the training forward pass, and its backward, are shared.
+    Each result equals :func:`lrp_flex_result` with that ``rule`` (tested); every map explains the same target.
+
+    Parameters
+    ----------
+    model, x, target, layers, **options
+        As in :func:`lrp_flex_result` (``rule`` excepted).
+    rules : sequence of {'epsilon', 'zplus'}
+        The maps, in order (each at most once).
+
+    Returns
+    -------
+    list of LRPResult
+        One per rule; their ``logits`` are the one forward pass's.
+    """
+    rules = tuple(rules)
+    if not rules or len(set(rules)) != len(rules):
+        raise ValueError(f"rules must name each of {_RULES} at most once, got {rules!r}")
+    return _explain(model, x, target, rules=rules, layers=layers, **options)
+
+
+def _explain(model, x, target=None, *, rules, epsilon: float = 0.01, create_graph: bool = False,
+             quantity: str = "logit", mu: float = 0.01, first_layer: str | None = None, bounds=(0.0, 1.0),
+             layers=None, generator: torch.Generator | None = None, batchnorm: str = "eval") -> list[LRPResult]:
+    """One forward pass with the rules of every map in ``rules``, then one explanation backward pass per map."""
+    _check(model, x, epsilon, quantity, mu, rules, first_layer, bounds, layers, batchnorm, target)
     xg = x if (x.requires_grad and create_graph) else x.detach().requires_grad_(True)
-    composite = _Composite(xg, epsilon=float(epsilon), rule=rule, first_layer=first_layer, bounds=bounds,
-                           layers=layers, batchnorm=batchnorm)
+    composite = _Composite(xg, epsilon=float(epsilon), rules=rules, first_layer=first_layer, bounds=bounds,
+                           layers=layers, batchnorm=batchnorm, create_graph=create_graph)
     layer_rules, capture = composite.layer_rules, composite.capture
+    results = []
     with torch.enable_grad(), composite.context(model) as ex:
         logits = model(xg)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise ValueError("lrp_flex expects the model to return logits of shape (N, K)")
-        start, seed = logits, None
+        start0, seed0 = logits, None
         if quantity == "joint":
-            seed = torch.ones_like(logits)
+            seed0 = torch.ones_like(logits)
         else:
             t = resolve_target(logits.detach(), target, generator)
             onehot = F.one_hot(t, logits.shape[1]).to(logits.dtype)
             if quantity == "logit":
-                seed = onehot
+                seed0 = onehot
             else:  # eta (Faster ISNet, Sec. II-G step 3; Eq. 11-12)
                 p = torch.softmax(logits, dim=1).gather(1, t[:, None])
-                start = torch.log(p + mu) - torch.log(1 - p + mu)
-                seed = torch.ones_like(start)
-        if rule == "zplus":  # Eq. 5 / joint z⁺ seed: R_k = sum_j (w_jk a_j)^+ at the output layer
-            zp = next((zr for out, zr in layer_rules.zr_of if out is logits), None)
-            if zp is None:
-                raise ValueError("rule='zplus' needs the logits to be the output of an nn.Linear or conv layer")
-            start, seed = zp, seed * zp / _stabilize(zp, ex.epsilon)
+                start0 = torch.log(p + mu) - torch.log(1 - p + mu)
+                seed0 = torch.ones_like(start0)
         bound_leaves = layer_rules.bound_leaves if layer_rules is not None else None
         inputs = [xg]
         if bound_leaves is not None:
@@ -798,22 +1208,29 @@ def _lrp_flex(model, x, target=None, *, epsilon: float = 0.01, create_graph: boo
         missing = [n for n in capture.names if n not in capture.captured]
         if missing:
             raise ValueError(f"layers: modules {missing} did not run in the forward pass")
-        ex.switch.active = True
-        try:
-            grads = torch.autograd.grad(start, inputs, grad_outputs=seed, create_graph=create_graph,
-                                        allow_unused=True)
-        finally:
-            ex.switch.active = False
-        grads = [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads, strict=True)]
-        heatmap = xg * grads[0]
-        k = 1
-        if bound_leaves is not None:
-            low, high = bound_leaves
-            heatmap = heatmap + low * grads[1] + high * grads[2]
-            k = 3
-        relevances = {n: capture.captured[n] * g for n, g in zip(names, grads[k:], strict=True)}
+        for i, rule in enumerate(rules):
+            start, seed = start0, seed0
+            if rule == "zplus":  # Eq. 5 / joint z⁺ seed: R_k = sum_j (w_jk a_j)^+ at the output layer
+                zp = layer_rules.zr_for(logits)
+                if zp is None:
+                    raise ValueError("rule='zplus' needs the logits to be the output of an nn.Linear or conv layer")
+                start, seed = zp, seed * zp / _stabilize(zp, ex.epsilon)
+            ex.switch.mode = rule
+            try:
+                grads = torch.autograd.grad(start, inputs, grad_outputs=seed, create_graph=create_graph,
+                                            retain_graph=create_graph or i < len(rules) - 1, allow_unused=True)
+            finally:
+                ex.switch.mode = None
+            grads = [torch.zeros_like(inp) if g is None else g for inp, g in zip(inputs, grads, strict=True)]
+            heatmap = xg * grads[0]
+            k = 1
+            if bound_leaves is not None:
+                low, high = bound_leaves
+                heatmap = heatmap + low * grads[1] + high * grads[2]
+                k = 3
+            relevances = {n: capture.captured[n] * g for n, g in zip(names, grads[k:], strict=True)}
+            results.append((heatmap, relevances))
     if not create_graph:
-        heatmap = heatmap.detach()
-        relevances = {n: r.detach() for n, r in relevances.items()}
         logits = logits.detach()
-    return LRPResult(heatmap, relevances, logits)
+        results = [(h.detach(), {n: r.detach() for n, r in rel.items()}) for h, rel in results]
+    return [LRPResult(h, rel, logits) for h, rel in results]
