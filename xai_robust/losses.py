@@ -59,7 +59,7 @@ def gwrp(x: torch.Tensor, d: float) -> torch.Tensor:
         raise ValueError(f"x must have a non-empty last dimension to pool over, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
-    _check_finite(x, "x")
+    check_finite(x, "x")
     return _gwrp(x, check_number(d, "d", low=0.0, high=1.0))
 
 
@@ -79,13 +79,6 @@ def _gwrp(x: torch.Tensor, d: float) -> torch.Tensor:
         _WEIGHTS[key] = weights
     ranked = torch.sort(x, dim=-1, descending=True).values
     return (ranked * weights).sum(-1) / weights.sum()
-
-
-def _check_finite(t: torch.Tensor, name: str) -> None:
-    """:func:`xai_robust.checks.check_finite` for a tensor, by one reduction: a sum of finite values is finite
-    unless it overflows, and then (or for NaN/inf) the full check decides and names the problem."""
-    if not bool(torch.isfinite(t.detach().sum())):
-        check_finite(t, name)
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int], *, upsample: str = "average") -> torch.Tensor:
@@ -146,7 +139,7 @@ def _as_maps(heatmaps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor,
                          "supervised with a mask")
     if not heatmaps.is_floating_point():
         raise TypeError(f"heatmaps must be a floating tensor, got dtype {heatmaps.dtype}")
-    _check_finite(heatmaps, "heatmaps")
+    check_finite(heatmaps, "heatmaps")
     if heatmaps.dtype in (torch.float16, torch.bfloat16):
         # NORM_EPS (1e-10) and the pooled sums do not fit half precision: compute the loss in float32
         heatmaps = heatmaps.float()
